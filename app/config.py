@@ -1,0 +1,102 @@
+"""The TOML config file (../shared/API.md) as pydantic models. Loaded in the app's lifespan
+and the CLI, never at import."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+CONFIG_ENV = "SYNTHSERVE_CONFIG"
+LOCAL_BACKEND = "local"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerConfig(_Section):
+    max_rows_per_request: int = Field(10_000, ge=1)
+    max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    api_keys_env: str = "SYNTHSERVE_API_KEYS"
+
+    def api_keys(self) -> frozenset[str]:
+        raw = os.environ.get(self.api_keys_env, "")
+        return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+
+class BackendConfig(_Section):
+    provider: Literal["openai", "mistral", "tgi", "local"]
+    base_url: str | None = None
+    model: str | None = None
+    api_key_env: str | None = None
+    max_concurrency: int = Field(16, ge=1)
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+    # local provider only: model path or cached id (None = the embedded SmolLM2)
+    model_path: str | None = None
+    device: str | None = None
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class LLMConfig(_Section):
+    default_backend: str | None = None
+
+
+class JobsConfig(_Section):
+    redis_url: str | None = None
+    result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    max_row_attempts: int = Field(3, ge=1)
+    claim_idle_ms: int = Field(5_000, ge=100)
+
+
+class TasksConfig(_Section):
+    custom_dir: str | None = None
+
+
+class Settings(_Section):
+    server: ServerConfig = ServerConfig()
+    llm: LLMConfig = LLMConfig()
+    backends: dict[str, BackendConfig] = Field(
+        default_factory=lambda: {LOCAL_BACKEND: BackendConfig(provider="local", max_concurrency=16)}
+    )
+    jobs: JobsConfig = JobsConfig()
+    tasks: TasksConfig = TasksConfig()
+    config_dir: Path | None = Field(None, exclude=True)
+
+    @model_validator(mode="after")
+    def _default_backend(self) -> Settings:
+        if not self.backends:
+            raise ValueError("at least one [backends.NAME] section is required")
+        if self.llm.default_backend is None:
+            self.llm.default_backend = next(iter(self.backends))
+        elif self.llm.default_backend not in self.backends:
+            raise ValueError(f"llm.default_backend {self.llm.default_backend!r} is not a configured backend")
+        return self
+
+
+class ConfigError(Exception):
+    pass
+
+
+def load_settings(path: str | os.PathLike | None = None) -> Settings:
+    """Settings from `path`, else from $SYNTHSERVE_CONFIG, else the built-in defaults."""
+    path = path or os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        return Settings()
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read config {p}: {exc}") from exc
+    try:
+        settings = Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config {p}:\n{exc}") from exc
+    settings.config_dir = p.resolve().parent
+    return settings

@@ -1,0 +1,43 @@
+"""The FastAPI app. `create_app()` builds it without I/O; the lifespan loads the config,
+builds the backends and the job manager, and closes them."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from . import __version__
+from .config import Settings, load_settings
+from .errors import SynthserveError
+from .routes import health, tasks
+from .state import AppState
+
+DESCRIPTION = """Generate synthetic training data with LLMs: POST rows to `/tasks/{name}` and get
+rows back as JSON or server-sent events, or submit batch jobs to `/jobs`. See the README."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = AppState.build(settings or load_settings())
+        await state.start()
+        app.state.synth = state
+        try:
+            yield
+        finally:
+            await state.aclose()
+
+    app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+
+    @app.exception_handler(SynthserveError)
+    async def synthserve_error(request: Request, exc: SynthserveError) -> JSONResponse:
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    app.include_router(health.router)
+    app.include_router(tasks.router)
+    return app
+
+
+app = create_app()

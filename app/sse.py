@@ -1,0 +1,39 @@
+"""Server-sent events: encoding, and a response that notices a client leaving.
+
+Under ASGI 2.4 Starlette only learns of a disconnect on its next send, so a stream that
+is waiting for a slow row would keep paying for LLM calls nobody will read. This response
+always listens for `http.disconnect` and cancels the stream (and with it the pending
+calls) at once.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import anyio
+from fastapi.sse import EventSourceResponse, format_sse_event
+
+
+def encode(event: str, data: Any, id: int | str | None = None) -> bytes:
+    return format_sse_event(data_str=json.dumps(data, separators=(",", ":"), ensure_ascii=False),
+                            event=event, id=None if id is None else str(id))
+
+
+class SSEResponse(EventSourceResponse):
+    def __init__(self, content, **kwargs):
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **kwargs.pop("headers", {})}
+        super().__init__(content, headers=headers, **kwargs)
+
+    async def __call__(self, scope, receive, send) -> None:
+        async with anyio.create_task_group() as tg:
+            async def stream() -> None:
+                try:
+                    await self.stream_response(send)
+                except OSError:
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(stream)
+            await self.listen_for_disconnect(receive)
+            tg.cancel_scope.cancel()

@@ -1,0 +1,279 @@
+"""The Task shape and the shared runner.
+
+A task is data plus pure functions: a name, a params model, its input and output columns,
+`format(row, params, rng) -> messages` and `parse(answer, row, params) -> outputs`, which
+does no I/O and raises ParseError. Multi-call tasks override the async `run(ctx, row,
+params)`; whole-request algorithms (evol generators) override `stream`.
+
+`Task.stream(run)` yields `(index, output_row)` in completion order; every unit (an input
+row, or one generation of a generator task) runs concurrently, bounded by the backend's
+CallPolicy, and a failing unit marks only its own rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
+
+__all__ = ["ParseError", "RowContext", "RowError", "Task", "TaskParams", "TaskRun"]
+
+
+class ParseError(ValueError):
+    """The model's answer could not be parsed. Marks its own row (`parse_error`)."""
+
+
+class RowError(ValueError):
+    """A row that fails validation; `field` names the column."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+class TaskParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = Field(42, description="Seeds every random choice, per (seed, row index, step).")
+
+
+@dataclass(slots=True)
+class RowContext:
+    """One unit of work's view of the LLM: records usage, calls and the last raw exchange,
+    and replays answers already checkpointed (a job row retried after a crash)."""
+
+    index: int
+    llm: LLMClient
+    kwargs: GenerationKwargs
+    seed: int = 42
+    model: str | None = None
+    on_token: Callable[[int, str], Any] | None = None
+    checkpoint: dict[str, Any] = field(default_factory=dict)
+    on_checkpoint: Callable[[str, Any], Awaitable[None]] | None = None
+    usage: Usage = field(default_factory=Usage)
+    llm_calls: int = 0
+    raw_input: Any = None
+    raw_output: Any = None
+    model_name: str | None = None
+
+    def rng(self, step: int | str = 0) -> random.Random:
+        # str seeds hash with sha512: the same in every process, unlike hash()
+        return random.Random(f"{self.seed}:{self.index}:{step}")
+
+    async def chat(self, messages: list[Message], *, step: str | None = None,
+                   kwargs: GenerationKwargs | None = None, stream: bool = False) -> str:
+        if step is not None and step in self.checkpoint:
+            self.raw_input, self.raw_output = messages, self.checkpoint[step]
+            return self.checkpoint[step]
+        kwargs = kwargs or self.kwargs
+        self.raw_input = messages
+        if stream and self.on_token is not None:
+            completion = await self.llm.stream_chat(
+                messages, kwargs, model=self.model, on_delta=lambda d: self.on_token(self.index, d))
+            self._record(completion)
+        else:
+            (completion,) = await self.llm.chat(messages, kwargs, model=self.model)
+            self._record(completion)
+        await self._save(step, completion.text)
+        return completion.text
+
+    async def chat_n(self, messages: list[Message], n: int) -> list[str]:
+        self.raw_input = messages
+        completions = await self.llm.chat(messages, self.kwargs, model=self.model, n=n)
+        for c in completions:
+            self._record(c, calls=0)
+        self.llm_calls += 1 if getattr(self.llm, "native_n", False) else n
+        self.raw_output = [c.text for c in completions] if n > 1 else completions[0].text
+        return [c.text for c in completions]
+
+    async def complete(self, prompt: str, *, step: str | None = None,
+                       kwargs: GenerationKwargs | None = None) -> str:
+        if step is not None and step in self.checkpoint:
+            self.raw_input, self.raw_output = prompt, self.checkpoint[step]
+            return self.checkpoint[step]
+        self.raw_input = prompt
+        completion = await self.llm.complete(prompt, kwargs or self.kwargs, model=self.model)
+        self._record(completion)
+        await self._save(step, completion.text)
+        return completion.text
+
+    async def embed(self, inputs: list[Any]) -> list[list[float]]:
+        self.raw_input = inputs
+        vectors = await self.llm.embed(inputs)
+        self.llm_calls += 1
+        self.model_name = self.model or self.llm.model
+        self.raw_output = None
+        return vectors
+
+    def _record(self, completion: Completion, calls: int = 1) -> None:
+        self.usage = self.usage + completion.usage
+        self.llm_calls += calls
+        self.raw_output = completion.text
+        self.model_name = completion.model or self.model or self.llm.model
+
+    async def _save(self, step: str | None, text: str) -> None:
+        if step is not None:
+            self.checkpoint[step] = text
+            if self.on_checkpoint is not None:
+                await self.on_checkpoint(step, text)
+
+
+@dataclass(slots=True)
+class TaskRun:
+    """Everything one request (or one job chunk) needs to run a task."""
+
+    params: TaskParams
+    llm: LLMClient
+    kwargs: GenerationKwargs
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    model: str | None = None
+    include_raw: bool = True
+    on_token: Callable[[int, str], Any] | None = None
+    # unit index -> checkpointed step answers, and a hook to persist new ones (jobs)
+    checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
+    on_checkpoint: Callable[[int, str, Any], Awaitable[None]] | None = None
+    # which units to run (jobs run a chunk of a job); None = all
+    units: list[int] | None = None
+    usage: Usage = field(default_factory=Usage)
+
+    def context(self, index: int) -> RowContext:
+        save = self.on_checkpoint
+        return RowContext(
+            index=index, llm=self.llm, kwargs=self.kwargs, seed=self.params.seed, model=self.model,
+            on_token=self.on_token, checkpoint=dict(self.checkpoints.get(index, {})),
+            on_checkpoint=(lambda step, value: save(index, step, value)) if save else None,
+        )
+
+
+class Task:
+    name: ClassVar[str]
+    description: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ()
+    outputs: ClassVar[tuple[str, ...]] = ()
+    generator: ClassVar[bool] = False
+    Params: ClassVar[type[TaskParams]] = TaskParams
+    requires: ClassVar[frozenset[Capability]] = frozenset({"chat"})
+
+    # ---- declared shape ----
+
+    def output_columns(self, params: TaskParams) -> tuple[str, ...]:
+        return self.outputs
+
+    def num_units(self, params: TaskParams, rows: list[dict]) -> int:
+        """Units of work: the input rows, or for a generator the generations asked for."""
+        return len(rows)
+
+    def rows_per_unit(self, params: TaskParams) -> int | None:
+        """Output rows per unit; None when it varies (then indexes follow completion order)."""
+        return 1
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "inputs": list(self.inputs),
+                "outputs": list(self.outputs), "generator": self.generator}
+
+    # ---- validation, before any LLM call ----
+
+    def check(self, params: TaskParams, llm: LLMClient) -> None:
+        """Raise ValueError for params that are fine one by one but not together, or a
+        backend that lacks a capability this task needs."""
+        missing = self.requires - llm.capabilities
+        if missing:
+            raise ValueError(f"task {self.name!r} needs a backend that can {', '.join(sorted(missing))}; "
+                             f"backend {llm.name!r} ({llm.provider}) cannot")
+
+    def check_row(self, row: dict[str, Any], params: TaskParams) -> None:
+        """Raise RowError naming the field. Default: every input column present, strings."""
+        for col in self.inputs:
+            if col not in row or row[col] is None:
+                raise RowError(col, f"missing column {col!r}")
+            if not isinstance(row[col], str):
+                raise RowError(col, f"column {col!r} must be a string")
+
+    # ---- one unit ----
+
+    def format(self, row: dict[str, Any], params: TaskParams, rng: random.Random) -> list[Message]:
+        raise NotImplementedError
+
+    def parse(self, answer: str, row: dict[str, Any], params: TaskParams) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: TaskParams) -> dict | list[dict]:
+        """Outputs of one unit: a dict of output columns, or a list of them (several rows)."""
+        answer = await ctx.chat(self.format(row, params, ctx.rng()))
+        return self.parse(answer, row, params)
+
+    # ---- the whole request ----
+
+    async def stream(self, run: TaskRun) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+        """Yield `(index, output_row)` as units finish. Cancelling the iteration cancels
+        every pending unit (and with it their LLM calls)."""
+        n_units = self.num_units(run.params, run.rows)
+        units = run.units if run.units is not None else range(n_units)
+        per_unit = self.rows_per_unit(run.params)
+        queue: asyncio.Queue[tuple[int, list[dict] | Exception]] = asyncio.Queue()
+
+        async def one(i: int) -> None:
+            try:
+                queue.put_nowait((i, await self.run_unit(run, i)))
+            except Exception as exc:  # a bug, not a row failure: fail the request, don't hang it
+                queue.put_nowait((i, exc))
+
+        pending = [asyncio.create_task(one(i)) for i in units]
+        counter = 0
+        try:
+            for _ in range(len(pending)):
+                i, out_rows = await queue.get()
+                if isinstance(out_rows, Exception):
+                    raise out_rows
+                for j, out in enumerate(out_rows):
+                    if per_unit is None:
+                        index, counter = counter, counter + 1
+                    else:
+                        index = i * per_unit + j
+                    yield index, out
+        finally:
+            for t in pending:
+                t.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def run_unit(self, run: TaskRun, i: int) -> list[dict[str, Any]]:
+        """Run one unit and build its output rows; errors mark these rows only."""
+        row = run.rows[i] if i < len(run.rows) else {}
+        ctx = run.context(i)
+        error = None
+        try:
+            result = await self.run(ctx, row, run.params)
+        except LLMError as exc:
+            result, error = None, {"type": "llm_error", "message": str(exc)}
+        except ParseError as exc:
+            result, error = None, {"type": "parse_error", "message": str(exc)}
+        run.usage = run.usage + ctx.usage
+        if result is None:
+            n = self.rows_per_unit(run.params) or 1
+            result = [{}] * n
+        elif isinstance(result, dict):
+            result = [result]
+        return [self.build_row(row, outputs, ctx, error, run) for outputs in result]
+
+    def build_row(self, row: dict[str, Any], outputs: dict[str, Any], ctx: RowContext,
+                  error: dict | None, run: TaskRun) -> dict[str, Any]:
+        out = dict(row)
+        for col in self.output_columns(run.params):
+            out[col] = outputs.get(col)
+        for col, value in outputs.items():  # extra outputs a task chose to add
+            out.setdefault(col, value)
+        metadata: dict[str, Any] = {"usage": ctx.usage.as_dict(), "llm_calls": ctx.llm_calls}
+        if run.include_raw:
+            metadata["raw_input"] = ctx.raw_input
+            metadata["raw_output"] = ctx.raw_output
+        out["model_name"] = ctx.model_name or run.model or run.llm.model
+        out["metadata"] = metadata
+        out["error"] = error
+        return out

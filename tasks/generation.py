@@ -1,0 +1,119 @@
+"""text-generation and chat-generation: one prompt (or conversation) in, one or more
+generations out."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pydantic import Field
+
+from llm_clients.base import Message
+
+from .base import RowContext, RowError, Task, TaskParams
+from .rendering import TemplateError, compile_user_template, render_user_template
+
+ROLES = ("system", "user", "assistant")
+
+
+class GenerationParams(TaskParams):
+    system_prompt: str | None = Field(None, description="System message; a row's `system_prompt` column wins.")
+    num_generations: int = Field(1, ge=1, le=64, description="Generations per row (the backend's native `n` where it has one).")
+    group_generations: bool = Field(False, description="One row with list outputs instead of one row per generation.")
+
+
+class TextGenerationParams(GenerationParams):
+    template: str = Field("{{ instruction }}", max_length=100_000,
+                          description="Jinja2 template of the user message, rendered sandboxed with the row's `columns`.")
+    columns: list[str] = Field(["instruction"], min_length=1, max_length=64,
+                               description="Row columns the template uses (all of them, and only them).")
+
+
+class _Generation(Task):
+    outputs = ("generation",)
+
+    def rows_per_unit(self, params: GenerationParams) -> int:
+        return 1 if params.group_generations else params.num_generations
+
+    def check_row(self, row: dict[str, Any], params: GenerationParams) -> None:
+        sp = row.get("system_prompt")
+        if sp is not None and not isinstance(sp, str):
+            raise RowError("system_prompt", "column 'system_prompt' must be a string")
+
+    def system_prompt(self, row: dict[str, Any], params: GenerationParams) -> str | None:
+        return row.get("system_prompt") or params.system_prompt
+
+    async def generate(self, ctx: RowContext, messages: list[Message], params: GenerationParams) -> dict | list[dict]:
+        k = params.num_generations
+        if k == 1:
+            text = await ctx.chat(messages, stream=True)
+            return {"generation": [text] if params.group_generations else text}
+        texts = await ctx.chat_n(messages, k)
+        if params.group_generations:
+            return {"generation": texts}
+        return [{"generation": t} for t in texts]
+
+
+class TextGeneration(_Generation):
+    name = "text-generation"
+    description = "Generate a response to an instruction (or a custom Jinja2 template over row columns)."
+    inputs = ("instruction",)
+    Params = TextGenerationParams
+
+    def check(self, params: TextGenerationParams, llm) -> None:
+        super().check(params, llm)
+        try:
+            compile_user_template(params.template, tuple(params.columns))
+        except TemplateError as exc:
+            raise ValueError(f"params.template: {exc}") from exc
+
+    def check_row(self, row: dict[str, Any], params: TextGenerationParams) -> None:
+        super().check_row(row, params)
+        for col in params.columns:
+            if row.get(col) is None:
+                raise RowError(col, f"missing column {col!r}")
+        try:  # rendering is cheap: a template that fails on this row fails before any call
+            self.format(row, params, None)
+        except TemplateError as exc:
+            raise ValueError(f"params.template: {exc}") from None
+
+    def format(self, row: dict[str, Any], params: TextGenerationParams, rng: random.Random) -> list[Message]:
+        template = compile_user_template(params.template, tuple(params.columns))
+        prompt = render_user_template(template, {c: row[c] for c in params.columns})
+        system = self.system_prompt(row, params)
+        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: TextGenerationParams):
+        return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
+
+
+class ChatGeneration(_Generation):
+    name = "chat-generation"
+    description = "Continue a conversation (OpenAI-format messages whose last one is from the user)."
+    inputs = ("messages",)
+    Params = GenerationParams
+
+    def check_row(self, row: dict[str, Any], params: GenerationParams) -> None:
+        super().check_row(row, params)
+        messages = row.get("messages")
+        if not isinstance(messages, list) or not messages:
+            raise RowError("messages", "column 'messages' must be a non-empty list of {role, content}")
+        for j, m in enumerate(messages):
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
+                raise RowError("messages", f"messages[{j}] must be {{role: one of {list(ROLES)}, content: string}}")
+        if messages[-1]["role"] != "user":
+            raise RowError("messages", "the last message must be from the user")
+
+    def format(self, row: dict[str, Any], params: GenerationParams, rng: random.Random) -> list[Message]:
+        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        system = self.system_prompt(row, params)
+        if system:
+            # the row's (or param's) system prompt replaces one already in the conversation
+            messages = [{"role": "system", "content": system}] + [m for m in messages if m["role"] != "system"]
+        return messages
+
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: GenerationParams):
+        return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
+
+
+TASKS = (TextGeneration(), ChatGeneration())
