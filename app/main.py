@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from . import __version__
+from .auth import principal
 from .config import Settings, load_settings
 from .errors import SynthserveError
 from .routes import health, tasks
@@ -36,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
     app.include_router(health.router)
-    app.include_router(tasks.router)
+    app.include_router(tasks.router, dependencies=[Depends(principal)])
     return app
 
 

@@ -22,6 +22,7 @@ class AppState:
     registry: Registry
     backends: dict[str, LLMClient]
     jobs: Any = None  # app.jobs manager, set in the lifespan
+    api_keys: frozenset[str] = frozenset()
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -33,7 +34,8 @@ class AppState:
                 path = settings.config_dir / path
             registry.load_dir(path)
         backends = {name: build_client(name, cfg) for name, cfg in settings.backends.items()}
-        return cls(settings=settings, registry=registry, backends=backends)
+        return cls(settings=settings, registry=registry, backends=backends,
+                   api_keys=settings.server.api_keys())
 
     async def start(self) -> None:
         for client in self.backends.values():

@@ -72,6 +72,8 @@ class TextGeneration(_Generation):
         for col in params.columns:
             if row.get(col) is None:
                 raise RowError(col, f"missing column {col!r}")
+        if "instruction" in params.columns and not isinstance(row["instruction"], str):
+            raise RowError("instruction", "column 'instruction' must be a string")
         try:  # rendering is cheap: a template that fails on this row fails before any call
             self.format(row, params, None)
         except TemplateError as exc:

@@ -1,0 +1,51 @@
+"""Run the real app over real HTTP inside a test: uvicorn on a free port, in the test's
+event loop, with the app's lifespan. Used by every test that talks to the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+import httpx
+import uvicorn
+
+from app.config import BackendConfig, Settings
+from app.main import create_app
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def mock_settings(mock_url: str, *, provider: str = "openai", max_concurrency: int = 8,
+                  max_retries: int = 2, timeout_s: float = 10.0, **extra) -> Settings:
+    """Settings with one backend, `mock`, pointing at the mock LLM server."""
+    base_url = mock_url + "/v1" if provider == "openai" else mock_url
+    backend = BackendConfig(provider=provider, base_url=base_url, model="mock-model",
+                            max_concurrency=max_concurrency, max_retries=max_retries, timeout_s=timeout_s)
+    return Settings(backends={"mock": backend}, **extra)
+
+
+@contextlib.asynccontextmanager
+async def serve(settings: Settings, *, port: int | None = None) -> AsyncIterator[httpx.AsyncClient]:
+    """Yield an httpx client whose base_url is the running service."""
+    port = port or free_port()
+    app = create_app(settings)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if task.done():
+                task.result()  # raises what failed the start
+                raise RuntimeError("service exited before it started")
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
+    finally:
+        server.should_exit = True
+        await task
