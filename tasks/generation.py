@@ -14,6 +14,7 @@ from .base import RowContext, RowError, Task, TaskParams
 from .rendering import TemplateError, compile_user_template, render_user_template
 
 ROLES = ("system", "user", "assistant")
+DEFAULT_TEMPLATE = "{{ instruction }}"
 
 
 class GenerationParams(TaskParams):
@@ -23,7 +24,7 @@ class GenerationParams(TaskParams):
 
 
 class TextGenerationParams(GenerationParams):
-    template: str = Field("{{ instruction }}", max_length=100_000,
+    template: str = Field(DEFAULT_TEMPLATE, max_length=100_000,
                           description="Jinja2 template of the user message, rendered sandboxed with the row's `columns`.")
     columns: list[str] = Field(["instruction"], min_length=1, max_length=64,
                                description="Row columns the template uses (all of them, and only them).")
@@ -74,14 +75,18 @@ class TextGeneration(_Generation):
                 raise RowError(col, f"missing column {col!r}")
         if "instruction" in params.columns and not isinstance(row["instruction"], str):
             raise RowError("instruction", "column 'instruction' must be a string")
-        try:  # rendering is cheap: a template that fails on this row fails before any call
-            self.format(row, params, None)
-        except TemplateError as exc:
-            raise ValueError(f"params.template: {exc}") from None
+        if params.template != DEFAULT_TEMPLATE:
+            try:  # rendering is cheap: a template that fails on this row fails before any call
+                self.format(row, params, None)
+            except TemplateError as exc:
+                raise ValueError(f"params.template: {exc}") from None
 
     def format(self, row: dict[str, Any], params: TextGenerationParams, rng: random.Random) -> list[Message]:
-        template = compile_user_template(params.template, tuple(params.columns))
-        prompt = render_user_template(template, {c: row[c] for c in params.columns})
+        if params.template == DEFAULT_TEMPLATE:  # the common case skips Jinja: ~10% of a row's CPU
+            prompt = row["instruction"]
+        else:
+            template = compile_user_template(params.template, tuple(params.columns))
+            prompt = render_user_template(template, {c: row[c] for c in params.columns})
         system = self.system_prompt(row, params)
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
