@@ -6,7 +6,7 @@ import argparse
 import sys
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthserve", description="Synthetic data generation service.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -15,21 +15,34 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument("--log-format", choices=["json", "text"], help="default: $SYNTHSERVE_LOG_FORMAT, else json")
+    serve.add_argument("--graceful-timeout", type=float, default=25.0, metavar="S",
+                       help="on SIGTERM, seconds to let requests in flight finish before cancelling them")
 
     worker = sub.add_parser("worker", help="run a job worker (needs [jobs] redis_url)")
     worker.add_argument("--config")
+    worker.add_argument("--log-level", default="info")
+    worker.add_argument("--log-format", choices=["json", "text"])
 
     sidecar = sub.add_parser("sidecar", help="run the local-model server (TGI protocol)")
     sidecar.add_argument("--model", help="local path or cached model id (default: embedded SmolLM2-135M-Instruct)")
     sidecar.add_argument("--host", default="127.0.0.1")
     sidecar.add_argument("--port", type=int, default=8080)
+    sidecar.add_argument("--log-level", default="info")
+    sidecar.add_argument("--log-format", choices=["json", "text"])
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from .config import ConfigError, load_settings
+    from .logging import configure_logging
+
+    configure_logging(args.log_level, args.log_format)
 
     if args.command == "sidecar":
         from sidecar.app import serve as serve_sidecar
-        serve_sidecar(model=args.model, host=args.host, port=args.port)
+        serve_sidecar(model=args.model, host=args.host, port=args.port, log_level=args.log_level)
         return 0
     try:
         settings = load_settings(args.config)
@@ -37,10 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthserve: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
-        import uvicorn
-
         from .main import create_app
-        uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level)
+        from .server import run
+        run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
+            graceful_timeout_s=args.graceful_timeout)
         return 0
     if args.command == "worker":
         from .jobs.worker import run_worker

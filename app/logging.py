@@ -21,15 +21,27 @@ FORMAT_ENV = "SYNTHSERVE_LOG_FORMAT"
 request_id: ContextVar[str | None] = ContextVar("synthserve_request_id", default=None)
 
 # Attributes every LogRecord has; anything else on a record came from `extra=`.
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
+# (uvicorn adds `color_message`, its message with ANSI colours: dropped.)
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "taskName", "color_message"}
 
 
 class JSONFormatter(logging.Formatter):
     """`{"ts", "level", "logger", "msg", "request_id"?, ...extra, "exc"?}` on one line."""
 
+    _cached: tuple[int, str] = (-1, "")
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        second = int(record.created)
+        cached_second, prefix = self._cached  # one tuple: threads never see half an update
+        if second != cached_second:  # strftime once a second, not once a line
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._cached = (second, prefix)
+        return f"{prefix}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -76,3 +88,6 @@ def configure_logging(level: str | int = "info", fmt: str | None = None, stream:
         logger.propagate = True
     # our access middleware replaces uvicorn's access lines
     logging.getLogger("uvicorn.access").disabled = True
+    # one INFO line per HTTP call of an SDK built on httpx: far too many at hundreds of calls/s
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)

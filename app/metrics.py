@@ -16,7 +16,8 @@ process (tests) never share counters. What is counted where:
     synthserve_llm_in_flight{backend}                         "
     synthserve_llm_max_concurrency{backend}                   "
     synthserve_sse_streams_open                             app.sse.SSEResponse
-    synthserve_jobs_queue_depth                             asks `state.jobs.queue_depth()` at scrape time
+    synthserve_jobs_queue_depth                             `await state.jobs.queue_depth()` at scrape time,
+                                                            when the job store has it (else -1)
 
 The per-call hook costs a few microseconds (label children are bound once per backend).
 """
@@ -93,7 +94,9 @@ class Metrics:
                                   ["backend", "direction"], registry=r)
         self.sse_streams = Gauge("synthserve_sse_streams_open", "server-sent event streams open", registry=r)
         self.jobs_queue_depth = Gauge("synthserve_jobs_queue_depth",
-                                      "job rows waiting for a worker (-1: unknown)", registry=r)
+                                      "job work queued or running, as the job store counts it (-1: unknown)",
+                                      registry=r)
+        self._request_children: dict[tuple, tuple] = {}
         r.register(BackendCollector(state))
         for name, client in state.backends.items():
             client.policy.observer = self.llm_observer(name)
@@ -119,6 +122,22 @@ class Metrics:
                 tokens_out.inc(c.usage.output_tokens)
 
         return observe
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float, task: str | None = None) -> None:
+        """One HTTP request (the access middleware). Label children are cached: `labels()`
+        takes a lock and builds a key on every call."""
+        key = (method, route, status, task)
+        children = self._request_children.get(key)
+        if children is None:
+            children = self._request_children[key] = (
+                self.http_requests.labels(method, route, str(status)),
+                self.http_duration.labels(method, route),
+                None if task is None else self.task_requests.labels(task, str(status)))
+        count, duration, task_count = children
+        count.inc()
+        duration.observe(seconds)
+        if task_count is not None:
+            task_count.inc()
 
     def count_rows(self, task: str, rows: int, failed: int) -> None:
         """Rows answered by a request or a job chunk."""

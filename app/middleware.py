@@ -26,7 +26,7 @@ _VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 
 
 def _state(scope: Scope):
-    return scope["app"].state.synth
+    return getattr(scope["app"].state, "synth", None)  # None before the lifespan ran
 
 
 class AccessLog:
@@ -60,20 +60,23 @@ class AccessLog:
         route = scope.get("route")
         template = getattr(route, "path", None) or "unmatched"  # the template keeps label values bounded
         task = _task_name(scope, template)
-        state = getattr(scope["app"].state, "synth", None)
+        state = _state(scope)
         metrics = getattr(state, "metrics", None)
+        method, path = scope["method"], scope["path"]
         if metrics is not None:
-            method = scope["method"]
-            metrics.http_requests.labels(method, template, str(status)).inc()
-            metrics.http_duration.labels(method, template).observe(seconds)
             if task is not None and template == "/tasks/{name}" and method == "POST":
-                known = state.registry.get(task) is not None
-                metrics.task_requests.labels(task if known else "unknown", str(status)).inc()
-        fields = {"method": scope["method"], "path": scope["path"], "status": status,
-                  "duration_ms": round(seconds * 1000, 2), "request_id": rid}
-        if task is not None:
-            fields["task"] = task
-        access_log.info("%s %s %d", scope["method"], scope["path"], status, extra=fields)
+                metrics.observe_request(method, template, status, seconds,
+                                        task if state.registry.get(task) is not None else "unknown")
+            else:
+                metrics.observe_request(method, template, status, seconds)
+        if access_log.isEnabledFor(logging.INFO):
+            fields = {"method": method, "path": path, "status": status,
+                      "duration_ms": round(seconds * 1000, 2), "request_id": rid}
+            if task is not None:
+                fields["task"] = task
+            # a record made directly: Logger.info would walk the stack for the caller each time
+            access_log.handle(access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, "%s %s %d",
+                                                    (method, path, status), None, extra=fields))
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
@@ -108,7 +111,10 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        limit = _state(scope).settings.server.max_body_bytes
+        state = _state(scope)
+        if state is None:
+            return await self.app(scope, receive, send)
+        limit = state.settings.server.max_body_bytes
         length = _content_length(scope)
         if length is not None and length > limit:
             return await _reject(send, BodyTooLarge(limit))

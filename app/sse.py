@@ -8,11 +8,14 @@ calls) at once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
 import anyio
 from fastapi.sse import EventSourceResponse, format_sse_event
+
+from .metrics import open_stream
 
 
 def encode(event: str, data: Any, id: int | str | None = None) -> bytes:
@@ -26,14 +29,35 @@ class SSEResponse(EventSourceResponse):
         super().__init__(content, headers=headers, **kwargs)
 
     async def __call__(self, scope, receive, send) -> None:
-        async with anyio.create_task_group() as tg:
-            async def stream() -> None:
-                try:
-                    await self.stream_response(send)
-                except OSError:
-                    pass
-                tg.cancel_scope.cancel()
+        # On a graceful shutdown (app.server sets app.state.draining) the stream ends at
+        # once with an `error` event instead of holding the shutdown to its timeout.
+        draining = getattr(scope["app"].state, "draining", None) if "app" in scope else None
+        sent = {"start": False, "end": False}
 
-            tg.start_soon(stream)
-            await self.listen_for_disconnect(receive)
-            tg.cancel_scope.cancel()
+        async def tracked(message) -> None:
+            sent["start"] = True
+            sent["end"] = message["type"] == "http.response.body" and not message.get("more_body", False)
+            await send(message)
+
+        with open_stream(scope):
+            async with anyio.create_task_group() as tg:
+                async def stream() -> None:
+                    try:
+                        await self.stream_response(tracked)
+                    except OSError:
+                        pass
+                    tg.cancel_scope.cancel()
+
+                async def end_on_drain() -> None:
+                    await draining.wait()
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(stream)
+                if draining is not None:
+                    tg.start_soon(end_on_drain)
+                await self.listen_for_disconnect(receive)
+                tg.cancel_scope.cancel()
+            if draining is not None and draining.is_set() and sent["start"] and not sent["end"]:
+                with contextlib.suppress(OSError):
+                    await send({"type": "http.response.body", "more_body": False,
+                                "body": encode("error", {"detail": "server shutting down"})})

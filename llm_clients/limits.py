@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -56,9 +57,23 @@ class CallPolicy:
         self._slots = asyncio.Semaphore(max_concurrency)
         self.in_flight = 0
         self.retries = 0  # counters read by metrics
+        # metrics hook (app.metrics): observer(seconds, result) once per call, result None if it failed
+        self.observer: Callable[[float, object], None] | None = None
 
     async def run(self, attempt: Callable[[], Awaitable[T]], *,
                   retry_if: Callable[[], bool] = lambda: True) -> T:
+        if self.observer is None:
+            return await self._run(attempt, retry_if)
+        started = time.perf_counter()
+        try:
+            result = await self._run(attempt, retry_if)
+        except LLMError:
+            self.observer(time.perf_counter() - started, None)
+            raise
+        self.observer(time.perf_counter() - started, result)
+        return result
+
+    async def _run(self, attempt: Callable[[], Awaitable[T]], retry_if: Callable[[], bool]) -> T:
         for n in range(self.max_retries + 1):
             try:
                 async with self._slots:

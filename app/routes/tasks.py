@@ -42,16 +42,17 @@ async def describe_task(name: str, state: StateDep) -> dict:
 async def run_task(name: str, body: TaskRequest, request: Request, state: StateDep):
     task, run = build_run(state, name, body.rows, body.params, body.llm, body.include_raw)
     if wants_sse(request, body.stream):
-        return sse.SSEResponse(task_events(task, run, tokens=body.stream_tokens))
+        return sse.SSEResponse(task_events(task, run, tokens=body.stream_tokens, metrics=state.metrics))
     rows: dict[int, dict] = {}
     async for index, row in task.stream(run):
         rows[index] = row
     ordered = [rows[i] for i in sorted(rows)]
-    return JSONResponse({"task": task.name, "rows": ordered,
-                         "failed": sum(r["error"] is not None for r in ordered), "usage": run.usage.as_dict()})
+    failed = sum(r["error"] is not None for r in ordered)
+    state.metrics.count_rows(task.name, len(ordered), failed)
+    return JSONResponse({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict()})
 
 
-async def task_events(task: Task, run: TaskRun, *, tokens: bool) -> AsyncIterator[bytes]:
+async def task_events(task: Task, run: TaskRun, *, tokens: bool, metrics=None) -> AsyncIterator[bytes]:
     """`row` events as rows finish (with `token` events before them when asked), then
     `done`; a failure of the whole request becomes an `error` event."""
     events: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -81,3 +82,5 @@ async def task_events(task: Task, run: TaskRun, *, tokens: bool) -> AsyncIterato
     finally:
         producer.cancel()  # the client left: cancel every pending LLM call
         await asyncio.gather(producer, return_exceptions=True)
+        if metrics is not None:
+            metrics.count_rows(task.name, count, failed)
