@@ -13,6 +13,14 @@ __all__ = ["ParseError", "Registry", "RowContext", "RowError", "Task", "TaskPara
 
 MODULES = (
     "tasks.generation",
+    "tasks.self_instruct",
+    "tasks.evol",
+    "tasks.evol_generators",
+    "tasks.scorers",
+    "tasks.sentence_pair",
+    "tasks.embeddings",
+    "tasks.embedding_data",
+    "tasks.magpie",
 )
 
 
