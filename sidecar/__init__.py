@@ -1,0 +1,12 @@
+"""`synthserve sidecar`: a Transformers server for local models that speaks TGI's protocol.
+
+    engine.py     the loaded model, its tokenizer and the one model thread (torch, no HTTP);
+                  get_engine() shares one engine per model with the in-process `local` provider
+    batcher.py    continuous batching: requests -> decode steps, with a key/value cache
+    sampling.py   the next token of each sequence, with its own parameters
+    embedding.py  last-token hidden states, batched across calls
+    loading.py    finding, converting (GGUF) and caching the model
+    params.py     request/result types and errors (no torch)
+    protocol.py   TGI and OpenAI wire types (no torch)
+    app.py        the HTTP routes (no torch); serve() is what the CLI runs
+"""

@@ -1,0 +1,278 @@
+"""The sidecar's HTTP front: TGI's routes over the engine. No torch here; the engine comes
+from `engine_factory`, called in a thread at startup so /health can answer 503 while the
+model loads.
+
+Errors use TGI's body, `{"error", "error_type"}`: 422 validation, 429 overloaded (with
+Retry-After), 500 generation, 503 while loading. On /generate_stream an error is an event
+in the stream, as TGI sends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from . import protocol as p
+from .params import EngineError, GenerationResult, InvalidRequest, Overloaded, SamplingParams, StopTrimmer, Token
+
+if TYPE_CHECKING:
+    from .engine import Engine
+
+__all__ = ["create_app", "serve"]
+
+DEFAULT_PORT = 8080
+
+
+class Unavailable(Exception):
+    pass
+
+
+class TokenStream:
+    """One generation's tokens as an async iterator, then its result. Submitting happens
+    at construction, so Overloaded and InvalidRequest are raised before any answer starts."""
+
+    def __init__(self, engine: Engine, inputs: str, params: SamplingParams, *, truncate: int | None = None):
+        self._queue: asyncio.Queue[Token | None] = asyncio.Queue()
+        self._result = engine.schedule(inputs, params, on_token=self._queue.put_nowait, truncate=truncate)
+        self._result.add_done_callback(lambda _: self._queue.put_nowait(None))  # after the last token
+
+    async def __aiter__(self) -> AsyncIterator[Token]:
+        while (token := await self._queue.get()) is not None:
+            yield token
+
+    async def result(self) -> GenerationResult:
+        return await self._result
+
+    def cancel(self) -> None:
+        self._result.cancel()  # propagates to the engine: the sequence leaves the batch
+
+
+async def _loaded_engine(request: Request) -> Engine:
+    """Waits for the model while it loads (a request sent early is answered late, not 503)."""
+    try:
+        return await asyncio.shield(request.app.state.loading)
+    except Exception as exc:
+        raise Unavailable(f"the model failed to load: {exc}") from exc
+
+
+EngineDep = Annotated[Any, Depends(_loaded_engine)]  # an Engine; Any keeps torch out of this module
+
+
+def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        app.state.loading = asyncio.create_task(asyncio.to_thread(engine_factory))
+        yield
+        # The engine may be shared with the rest of the process (get_engine): not closed here.
+
+    app = FastAPI(title="synthserve sidecar", lifespan=lifespan)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        return JSONResponse(p.error_body(message, "validation"), status_code=422)
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
+        return _error_response(exc)
+
+    @app.exception_handler(Unavailable)
+    async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
+        return JSONResponse(p.error_body(str(exc), "unavailable"), status_code=503)
+
+    @app.get("/health")
+    async def health(request: Request) -> JSONResponse:
+        loading = request.app.state.loading
+        if not loading.done():
+            return JSONResponse(p.error_body("the model is loading", "unavailable"), status_code=503)
+        if loading.exception() is not None:
+            return JSONResponse(p.error_body(f"the model failed to load: {loading.exception()}", "unavailable"),
+                                status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/info")
+    async def info(engine: EngineDep) -> dict[str, Any]:
+        return {
+            **engine.info(),
+            "model_sha": None,
+            "model_pipeline_tag": "text-generation",
+            "max_best_of": 1,
+            "max_stop_sequences": p.MAX_STOP_SEQUENCES,
+            "max_client_batch_size": 1,
+            "validation_workers": 1,
+            "router": p.ROUTER,
+            "version": _version(),
+            "sha": None,
+            "docker_label": None,
+            "embeddings": True,
+        }
+
+    @app.get("/v1/models")
+    async def models(engine: EngineDep) -> dict[str, Any]:
+        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0,
+                                            "owned_by": p.ROUTER}]}
+
+    @app.post("/generate")
+    async def generate(body: p.GenerateRequest, engine: EngineDep) -> dict[str, Any]:
+        return await _generate(engine, body)
+
+    @app.post("/")
+    async def compat(body: p.GenerateRequest, engine: EngineDep):
+        if body.stream:
+            return _generate_stream(engine, body)
+        return [await _generate(engine, body)]
+
+    @app.post("/generate_stream")
+    async def generate_stream(body: p.GenerateRequest, engine: EngineDep) -> StreamingResponse:
+        return _generate_stream(engine, body)
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(body: p.ChatRequest, engine: EngineDep):
+        prompt = engine.apply_chat_template(body.plain_messages())
+        params = body.sampling()
+        if body.stream:
+            if body.n > 1:
+                raise InvalidRequest("streaming supports n = 1 only")
+            return _chat_stream(engine, prompt, params, include_usage=bool(body.stream_options and
+                                                                             body.stream_options.include_usage))
+        futures: list[asyncio.Future[GenerationResult]] = []
+        try:
+            for i in range(body.n):  # n seeds, else n copies of one seeded answer
+                futures.append(engine.schedule(prompt, params if params.seed is None
+                                               else params.replace(seed=params.seed + i)))
+            results = await asyncio.gather(*futures)
+        finally:
+            for future in futures:  # the others, when one could not be queued
+                future.cancel()
+        return p.chat_completion(engine.model_id, results)
+
+    @app.post("/chat_tokenize")
+    async def chat_tokenize(body: p.ChatTokenizeRequest, engine: EngineDep) -> JSONResponse:
+        text = engine.apply_chat_template(body.plain_messages())
+        return JSONResponse({"tokenize_response": engine.tokenize(text), "templated_text": text})
+
+    @app.post("/tokenize")
+    async def tokenize(body: p.TokenizeRequest, engine: EngineDep) -> JSONResponse:
+        return JSONResponse(engine.tokenize(body.inputs))
+
+    @app.post("/embed")
+    async def embed(body: p.EmbedRequest, engine: EngineDep) -> JSONResponse:
+        # a JSONResponse: FastAPI would otherwise validate every float against the annotation
+        return JSONResponse(await engine.embed(body.items(), normalize=body.normalize))
+
+    return app
+
+
+async def _generate(engine: Engine, body: p.GenerateRequest) -> dict[str, Any]:
+    params = body.parameters
+    result = await engine.generate(body.inputs, params.sampling(), truncate=params.truncate)
+    return p.generate_response(result, details=params.details,
+                               prefix=body.inputs if params.return_full_text else "")
+
+
+def _generate_stream(engine: Engine, body: p.GenerateRequest) -> StreamingResponse:
+    params = body.parameters
+
+    async def events() -> AsyncIterator[str]:
+        try:
+            stream = TokenStream(engine, body.inputs, params.sampling(), truncate=params.truncate)
+        except EngineError as exc:
+            yield _sse(_error_json(exc), event="error")
+            return
+        try:
+            last: Token | None = None
+            index = 0
+            async for token in stream:
+                if last is not None:
+                    index += 1
+                    yield _sse(p.stream_event(index, last))
+                last = token
+            result = await stream.result()
+            assert last is not None  # a finished generation has at least one token
+            yield _sse(p.stream_event(index + 1, last, result,
+                                      prefix=body.inputs if params.return_full_text else ""))
+        except EngineError as exc:
+            yield _sse(_error_json(exc), event="error")
+        finally:
+            stream.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _chat_stream(engine: Engine, prompt: str, params: SamplingParams, *, include_usage: bool) -> StreamingResponse:
+    stream = TokenStream(engine, prompt, params)  # raises Overloaded here: a real 429
+    id_, model = p.chat_id(), engine.model_id
+
+    async def events() -> AsyncIterator[str]:
+        trimmer = StopTrimmer(params.stop)
+        try:
+            yield _sse(p.chat_chunk(id_, model, content=""))
+            async for token in stream:
+                if not token.special and (text := trimmer.feed(token.text)):
+                    yield _sse(p.chat_chunk(id_, model, content=text))
+            result = await stream.result()
+            if tail := trimmer.flush():
+                yield _sse(p.chat_chunk(id_, model, content=tail))
+            yield _sse(p.chat_chunk(id_, model, finish_reason=result.openai_finish_reason))
+            if include_usage:
+                yield _sse(p.chat_chunk(id_, model, usage_=p.usage(result.input_tokens, result.output_tokens),
+                                        with_choice=False))
+            yield "data: [DONE]\n\n"
+        except EngineError as exc:
+            yield _sse(_error_json(exc), event="error")
+        finally:
+            stream.cancel()
+
+    return StreamingResponse(events(), media_type="text/event-stream")
+
+
+def _error_json(exc: EngineError) -> dict[str, Any]:
+    if isinstance(exc, InvalidRequest):
+        return p.error_body(str(exc), "validation")
+    if isinstance(exc, Overloaded):
+        return p.error_body(str(exc), "overloaded")
+    return p.error_body(str(exc), "generation")
+
+
+def _error_response(exc: EngineError) -> JSONResponse:
+    status = 422 if isinstance(exc, InvalidRequest) else 429 if isinstance(exc, Overloaded) else 500
+    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, Overloaded) else None
+    return JSONResponse(_error_json(exc), status_code=status, headers=headers)
+
+
+def _sse(data: dict[str, Any], *, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data:{json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("synthserve")
+    except PackageNotFoundError:
+        return "0"
+
+
+def serve(model: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
+          device: str | None = None, log_level: str = "info") -> None:
+    """`synthserve sidecar`: load `model` (None: the embedded SmolLM2) and serve it."""
+    import uvicorn
+
+    def engine_factory() -> Engine:
+        from .engine import get_engine
+
+        return get_engine(model, device)
+
+    if not logging.getLogger().handlers:  # run alone (python -m sidecar); the CLI configures its own
+        logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(create_app(engine_factory), host=host, port=port, log_level=log_level, log_config=None,
+                access_log=False)
