@@ -53,6 +53,9 @@ class JobsConfig(_Section):
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     max_row_attempts: int = Field(3, ge=1)
     claim_idle_ms: int = Field(5_000, ge=100)
+    chunk_units: int = Field(16, ge=1, le=1000)  # units (input rows) per queue entry
+    worker_units: int | None = Field(None, ge=1)  # units in flight per worker; None = 2 x the largest max_concurrency
+    shutdown_grace_s: float = Field(10.0, ge=0)  # on SIGTERM, time for in-flight chunks to finish
 
 
 class TasksConfig(_Section):

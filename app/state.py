@@ -22,6 +22,7 @@ class AppState:
     registry: Registry
     backends: dict[str, LLMClient]
     jobs: Any = None  # app.jobs manager, set in the lifespan
+    metrics: Any = None  # app.metrics.Metrics, set in the lifespan
     api_keys: frozenset[str] = frozenset()
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -43,7 +44,12 @@ class AppState:
                 await client.start()
             except Exception as exc:  # a backend that is down must not keep the others from serving
                 log.warning("backend %s did not start: %s", client.name, exc)
+        from .jobs import open_jobs  # here, not at import: app.jobs imports this module
+        self.jobs = open_jobs(self)
+        await self.jobs.start()
 
     async def aclose(self) -> None:
+        if self.jobs is not None:  # first: in-process jobs use the backends
+            await self.jobs.aclose()
         for client in self.backends.values():
             await client.aclose()

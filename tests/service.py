@@ -33,9 +33,9 @@ def mock_settings(mock_url: str, *, provider: str = "openai", max_concurrency: i
 @contextlib.asynccontextmanager
 async def serve(settings: Settings, *, port: int | None = None) -> AsyncIterator[httpx.AsyncClient]:
     """Yield an httpx client whose base_url is the running service."""
-    port = port or free_port()
     app = create_app(settings)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on"))
+    # port 0: the OS picks a free port at bind time (probing first races other sessions)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port or 0, log_level="warning", lifespan="on"))
     task = asyncio.create_task(server.serve())
     try:
         while not server.started:
@@ -43,6 +43,7 @@ async def serve(settings: Settings, *, port: int | None = None) -> AsyncIterator
                 task.result()  # raises what failed the start
                 raise RuntimeError("service exited before it started")
             await asyncio.sleep(0.02)
+        port = server.servers[0].sockets[0].getsockname()[1]
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
             client.app = app  # type: ignore[attr-defined]
             yield client

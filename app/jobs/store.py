@@ -1,0 +1,266 @@
+"""Job state in Redis (keys.py names every key): what the API reads and what workers write.
+
+`JobStore` is the interface the routes see; `RedisJobStore` keeps
+everything in Redis, so any API server answers for any job, and `app.jobs.local` keeps it
+in this process. Rows and events are handed out as raw JSON strings: the routes frame
+them without decoding.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
+
+from ..config import JobsConfig
+from . import keys, queue, scripts
+from .models import CANCELLED, FAILED, Event, Job, JobSpec, UnitResult, now_iso, now_ms
+from .queue import Submission
+
+RESULTS_BATCH = 500
+EVENTS_BATCH = 500
+
+
+class JobStore(Protocol):
+    durable: bool
+
+    async def start(self) -> None: ...
+    async def aclose(self) -> None: ...
+    async def submit(self, sub: Submission) -> Job: ...
+    async def get(self, job_id: str) -> Job | None: ...
+    async def list(self, owner: str | None, limit: int) -> list[Job]: ...
+
+    def results(self, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
+        """Finished rows so far as (index, row JSON), sorted by index, in batches."""
+
+    async def events(self, job: Job, after: int, wait_s: float) -> list[Event] | None:
+        """Events with seq > after, waiting up to wait_s for the first; None: job gone."""
+
+    async def rows(self, job_id: str, indexes: Sequence[int]) -> list[str | None]: ...
+    async def cancel(self, job_id: str) -> Job | None: ...
+    async def delete(self, job: Job) -> None: ...
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(slots=True)
+class SaveOp:
+    """Finished units of one chunk; `ack` with the chunk's last ones."""
+
+    job_id: str
+    entry: str
+    units: list[UnitResult]
+    ack: bool = False
+    drop_checkpoints: bool = True
+
+
+@dataclass(slots=True)
+class Begun:
+    """What a worker reads before running a chunk."""
+
+    status: str  # '' when the job is gone
+    done: set[int]
+    checkpoints: dict[int, dict[str, Any]]
+
+
+def pack_units(units: Sequence[UnitResult]) -> bytes:
+    """The SAVE script's blob (scripts.py): rows framed by their byte length."""
+    parts = []
+    for u in units:
+        parts.append(f"{u.unit} {len(u.rows)} {u.usage[0]} {u.usage[1]}\n".encode())
+        for index, row in u.rows:
+            data = dumps(row).encode()
+            failed = "0" if row.get("error") is None else "1"
+            parts.append(f"{'-' if index is None else index} {failed} {len(data)}\n".encode())
+            parts.append(data)
+    return b"".join(parts)
+
+
+def lua(script: AsyncScript, keys: list[str], args: list[Any]) -> tuple:
+    # EVALSHA by hand: redis-py sends SCRIPT EXISTS before every pipeline that holds a Script
+    return ("EVALSHA", script.sha, len(keys), *keys, *args)
+
+
+class RedisJobStore:
+    durable = True
+
+    def __init__(self, redis: Redis, config: JobsConfig):
+        self.redis = redis
+        self.config = config
+        self._start = redis.register_script(scripts.START)
+        self._save = redis.register_script(scripts.SAVE)
+        self._finish = redis.register_script(scripts.FINISH)
+        self._flush = redis.register_script(scripts.FLUSH_PROGRESS)
+        self._hset_if_job = redis.register_script(scripts.HSET_IF_JOB)
+
+    @classmethod
+    def from_config(cls, config: JobsConfig) -> RedisJobStore:
+        # socket_timeout above every BLOCK we use (events: <= 2 s, queue reads: <= 1 s)
+        redis = Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=30,
+                               socket_connect_timeout=5, health_check_interval=30)
+        return cls(redis, config)
+
+    async def start(self) -> None:
+        pass
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+
+    # ---- the API's side ----
+
+    async def submit(self, sub: Submission) -> Job:
+        await queue.enqueue(self.redis, sub, result_ttl_s=self.config.result_ttl_s)
+        return sub.job
+
+    async def get(self, job_id: str) -> Job | None:
+        fields = await self.redis.hgetall(keys.job(job_id))
+        return Job.from_fields(fields) if fields.get("id") else None
+
+    async def list(self, owner: str | None, limit: int) -> list[Job]:
+        index = keys.owner_index(owner)
+        ids = await self.redis.zrevrange(index, 0, limit - 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in ids:
+                pipe.hgetall(keys.job(job_id))
+            found = await pipe.execute()
+        gone = [job_id for job_id, f in zip(ids, found) if not f.get("id")]
+        if gone:  # expired (result_ttl_s) or deleted
+            await self.redis.zrem(index, *gone)
+        return [Job.from_fields(f) for f in found if f.get("id")]
+
+    async def results(self, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
+        total, rows_out = await self.redis.hmget(keys.job(job.id), "total", "rows_out")
+        bound = max(int(total or 0), int(rows_out or 0))
+        for start in range(0, bound, RESULTS_BATCH):
+            indexes = range(start, min(start + RESULTS_BATCH, bound))
+            values = await self.redis.hmget(keys.results(job.id), [str(i) for i in indexes])
+            batch = [(i, v) for i, v in zip(indexes, values) if v is not None]
+            if batch:
+                yield batch
+
+    async def events(self, job: Job, after: int, wait_s: float) -> list[Event] | None:
+        key = keys.events(job.id)
+        answer = await self.redis.xread({key: f"{after}-0"}, count=EVENTS_BATCH,
+                                        block=max(1, int(wait_s * 1000)))
+        if not answer:
+            return None if not await self.redis.exists(keys.job(job.id)) else []
+        out = []
+        for entry_id, fields in answer[0][1]:
+            seq = int(entry_id.split("-", 1)[0])
+            kind = fields.get("e", "")
+            if kind == "row":
+                out.append(Event(seq, kind, index=int(fields["i"])))
+            else:
+                out.append(Event(seq, kind, job=job.with_fields(fields)))
+        return out
+
+    async def rows(self, job_id: str, indexes: Sequence[int]) -> list[str | None]:
+        if not indexes:
+            return []
+        return await self.redis.hmget(keys.results(job_id), [str(i) for i in indexes])
+
+    async def cancel(self, job_id: str) -> Job | None:
+        await self.finish(job_id, CANCELLED)
+        return await self.get(job_id)
+
+    async def delete(self, job: Job) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(*keys.job_keys(job.id))
+            pipe.zrem(keys.owner_index(job.owner), job.id)
+            pipe.publish(keys.CANCEL_CHANNEL, job.id)
+            await pipe.execute()
+
+    # ---- the workers' side ----
+
+    async def begin(self, job_id: str, units: Sequence[int], *, whole: bool) -> Begun:
+        """Mark the job running and read what a retried chunk needs: which units are
+        already stored and their checkpoints."""
+        fields = [str(u) for u in units]
+        status, done, ckpts = await self._execute([
+            lua(self._start, keys.job_keys(job_id), [now_iso(), now_ms()]),
+            ("HMGET", keys.units(job_id), *fields),
+            # a whole-stream task checkpoints per slot, not per unit: take them all
+            ("HGETALL", keys.checkpoints(job_id)) if whole else ("HMGET", keys.checkpoints(job_id), *fields),
+        ])
+        if not status:
+            return Begun("", set(), {})
+        if whole:
+            ckpt = {int(u): json.loads(v) for u, v in ckpts.items()}
+        else:
+            ckpt = {u: json.loads(v) for u, v in zip(units, ckpts) if v is not None}
+        return Begun(status=status, done={u for u, d in zip(units, done) if d is not None}, checkpoints=ckpt)
+
+    async def spec(self, job_id: str) -> JobSpec | None:
+        raw = await self.redis.hget(keys.job(job_id), "spec")
+        return None if raw is None else JobSpec.model_validate_json(raw)
+
+    async def save(self, ops: Sequence[SaveOp], checkpoints: Sequence[tuple[str, int, str]] = ()) -> list[str]:
+        """Store finished units (and checkpoints first, in one round trip); -> each job's
+        status after ('' when it is gone)."""
+        stamp_ms, stamp = now_ms(), now_iso()
+        commands = [lua(self._hset_if_job, [keys.job(job_id), keys.checkpoints(job_id)], [unit, value])
+                    for job_id, unit, value in checkpoints]
+        for op in ops:
+            args = [op.entry, "1" if op.ack else "0", stamp_ms, stamp, self.config.result_ttl_s, keys.GROUP,
+                    "1" if op.drop_checkpoints else "0", len(op.units), pack_units(op.units)]
+            commands.append(lua(self._save, [*keys.job_keys(op.job_id), keys.QUEUE], args))
+        return (await self._execute(commands))[len(checkpoints):]
+
+    async def finish(self, job_id: str, status: str, error: str | None = None) -> str:
+        """Cancel or fail a job that is still active; tells the workers to drop it."""
+        assert status in (CANCELLED, FAILED)
+        after, _ = await self._execute([
+            lua(self._finish, keys.job_keys(job_id), [status, now_iso(), self.config.result_ttl_s, error or ""]),
+            ("PUBLISH", keys.CANCEL_CHANNEL, job_id),
+        ])
+        return after
+
+    async def flush_progress(self, job_ids: Sequence[str]) -> None:
+        stamp = now_ms()
+        await self._execute([lua(self._flush, keys.job_keys(job_id), [stamp]) for job_id in job_ids])
+
+    async def _execute(self, commands: list[tuple]) -> list[Any]:
+        """One pipeline round trip; -> the answers, in order. Scripts go by sha: after a
+        Redis restart (or SCRIPT FLUSH) they are loaded again, and only the commands that
+        answered NOSCRIPT (and so did not run) are sent again."""
+        answers: list[Any] = [None] * len(commands)
+        todo = list(range(len(commands)))
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for i in todo:
+                    pipe.execute_command(*commands[i])
+                got = await pipe.execute(raise_on_error=False)
+            missing = []
+            for i, answer in zip(todo, got):
+                if isinstance(answer, NoScriptError) and attempt == 1:
+                    missing.append(i)
+                elif isinstance(answer, Exception):
+                    raise answer
+                else:
+                    answers[i] = answer
+            if not missing:
+                break
+            for script in (self._start, self._save, self._finish, self._flush, self._hset_if_job):
+                await self.redis.script_load(script.script)
+            todo = missing
+        return answers
+
+    async def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hget(keys.job(job_id), "status")
+            found = await pipe.execute()
+        return {job_id: status or "" for job_id, status in zip(job_ids, found)}
+
+    async def last_error(self, job_id: str) -> str | None:
+        return await self.redis.hget(keys.job(job_id), "last_error")
+
+    async def set_last_error(self, job_id: str, message: str) -> None:
+        await self._hset_if_job(keys=[keys.job(job_id), keys.job(job_id)], args=["last_error", message])

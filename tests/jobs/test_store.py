@@ -1,0 +1,210 @@
+"""The Redis layer without HTTP: the SAVE script's exactly-once gate, expiry, and an
+in-process Worker on a registry with test tasks (retries, give-up, setup failures)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+
+import pytest
+
+from app.config import BackendConfig
+from app.jobs import keys
+from app.jobs.models import JobRequest, UnitResult
+from app.jobs.queue import plan
+from app.jobs.store import RedisJobStore, SaveOp
+from app.jobs.worker import Worker
+from app.state import AppState
+from tasks.generation import TextGeneration
+
+from .conftest import jobs_settings, text_rows, wait_for
+
+
+class Buggy(TextGeneration):
+    """text-generation that raises (a bug, not a row error) on the row "boom"."""
+
+    name = "buggy-generation"
+
+    async def run(self, ctx, row, params):
+        if row["instruction"] == "boom":
+            raise RuntimeError("kaboom")
+        return await super().run(ctx, row, params)
+
+
+@pytest.fixture
+async def env(mock, rds, redis_server):
+    settings = jobs_settings(mock.url, redis_server.url, max_concurrency=4, claim_idle_ms=200,
+                             chunk_units=2, result_ttl_s=3600)
+    state = AppState.build(settings)
+    state.registry.add(Buggy())
+    store = RedisJobStore.from_config(settings.jobs)
+    try:
+        yield settings, state, store
+    finally:
+        await store.aclose()
+        for client in state.backends.values():
+            await client.aclose()
+
+
+@contextlib.asynccontextmanager
+async def running_worker(store, state, settings, backends=None, **jobs):
+    worker = Worker(store, state.registry, backends or state.backends, settings.jobs.model_copy(update=jobs))
+    task = asyncio.create_task(worker.run())
+    try:
+        yield worker
+    finally:
+        worker.stop(now=True)
+        await task
+
+
+async def finished(store, job_id, timeout=30):
+    async def check():
+        job = await store.get(job_id)
+        return job if job.finished else None
+    return await wait_for(check, timeout=timeout)
+
+
+async def all_results(store, job):
+    return [item for batch in [b async for b in store.results(job)] for item in batch]
+
+
+async def test_save_counts_a_unit_once(env, rds):
+    settings, state, store = env
+    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(3)), None)
+    job = await store.submit(sub)
+    row = {"instruction": "row 0", "generation": "x", "error": None}
+
+    def op(unit: int) -> SaveOp:
+        return SaveOp(job.id, "", [UnitResult(unit, [(unit, {**row, "u": unit})], (2, 3))])
+
+    assert await store.save([op(0), op(0)]) == ["running", "running"]
+    rds.script_flush()  # as after a Redis restart: the scripts are loaded again
+    assert await store.save([op(0)]) == ["running"]
+    got = await store.get(job.id)
+    assert (got.completed, got.failed, got.status) == (1, 0, "running")
+    assert rds.hlen(keys.results(job.id)) == 1
+    events = await store.events(got, 0, 0.01)
+    assert [e.kind for e in events] == ["progress", "row", "progress"]  # queued, the one row, its progress
+    errored = SaveOp(job.id, "", [UnitResult(1, [(1, {**row, "error": {"type": "llm_error", "message": "x"}})])])
+    assert await store.save([errored, op(2)]) == ["running", "completed"]
+    got = await store.get(job.id)
+    assert (got.completed, got.failed, got.status, got.total) == (2, 1, "completed", 3)
+    assert got.finished_at is not None
+    # ended: unit marks and checkpoints gone, the rest expires after result_ttl_s
+    assert not rds.exists(keys.units(job.id), keys.checkpoints(job.id))
+    for key in (keys.job(job.id), keys.results(job.id), keys.events(job.id)):
+        assert 3500 < rds.ttl(key) <= 3600
+    assert [i for i, _ in await all_results(store, got)] == [0, 1, 2]
+    # a late save for an ended job changes nothing
+    assert await store.save([op(0)]) == ["completed"]
+    assert rds.hlen(keys.results(job.id)) == 3
+
+
+async def test_a_chunk_that_keeps_failing_gives_up_with_an_error(env):
+    settings, state, store = env
+    rows = [{"instruction": "fine 0"}, {"instruction": "boom"}, {"instruction": "fine 2"}, {"instruction": "fine 3"}]
+    sub = plan(state, JobRequest(task="buggy-generation", rows=rows), None)
+    job = await store.submit(sub)
+    async with running_worker(store, state, settings):
+        job = await finished(store, job.id)
+    assert job.status == "completed"
+    assert (job.completed, job.failed) == (3, 1)
+    out = {i: json.loads(raw) for i, raw in await all_results(store, job)}
+    assert sorted(out) == [0, 1, 2, 3]
+    assert out[1]["error"]["type"] == "worker_error"
+    assert "gave up after 3 attempts" in out[1]["error"]["message"] and "kaboom" in out[1]["error"]["message"]
+    assert out[1]["generation"] is None and out[1]["instruction"] == "boom"
+    assert out[0]["generation"] == "Echo: fine 0" and out[0]["error"] is None
+
+
+async def test_a_job_the_worker_cannot_run_fails(env, mock):
+    settings, state, store = env
+    other = BackendConfig(provider="openai", base_url=mock.url + "/v1", model="mock-model")
+    settings.backends["other"] = other
+    state = AppState.build(settings)
+    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(2), llm={"backend": "other"}), None)
+    job = await store.submit(sub)
+    worker_backends = {"mock": state.backends["mock"]}  # this worker lacks "other"
+    async with running_worker(store, state, settings, backends=worker_backends):
+        job = await finished(store, job.id)
+    assert job.status == "failed" and "other" in job.error
+    events = await store.events(job, 0, 0.01)
+    assert events[-1].kind == "done" and events[-1].job.status == "failed"
+    for client in state.backends.values():
+        await client.aclose()
+
+
+class SilentWorker(Worker):
+    """A worker whose claims go stale while it works (as if its loop stalled)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+
+        async def no_reclaim(count):  # (its own XAUTOCLAIM would refresh its chunks too)
+            return []
+        self.claims.reclaim = no_reclaim
+
+    async def _heartbeat(self) -> None:
+        await asyncio.Event().wait()
+
+
+async def test_rows_land_once_when_a_chunk_is_taken_over_while_it_runs(env, mock, rds):
+    settings, state, store = env
+    settings.jobs.max_row_attempts = 10
+    mock.configure(latency_ms=400)  # longer than claim_idle_ms (200): the chunks go idle mid-call
+    n = 16
+    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    job = await store.submit(sub)
+    silent = SilentWorker(store, state.registry, state.backends, settings.jobs.model_copy(update={"worker_units": n}))
+    silent_task = asyncio.create_task(silent.run())
+    await wait_for(lambda: len(silent._in_flight) == n // 2, timeout=10)  # it holds every chunk
+    async with running_worker(store, state, settings, worker_units=n):
+        job = await finished(store, job.id, timeout=60)
+    silent.stop(now=True)
+    await silent_task
+    assert (await mock.astats())["requests"] > n  # both ran some rows
+    assert (job.status, job.completed, job.failed) == ("completed", n, 0)
+    stored = await all_results(store, job)
+    assert [i for i, _ in stored] == list(range(n))
+    assert job.output_tokens == sum(json.loads(raw)["metadata"]["usage"]["output_tokens"] for _, raw in stored)
+    events = await store.events(job, 0, 0.01)
+    assert sorted(e.index for e in events if e.kind == "row") == list(range(n))
+
+
+async def test_progress_events_are_throttled(env):
+    settings, state, store = env
+    n = 200
+    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    job = await store.submit(sub)
+    rng = random.Random(0)
+    order = list(range(n))
+    rng.shuffle(order)
+    for unit in order:  # 200 saves in well under a second
+        await store.save([SaveOp(job.id, "", [UnitResult(unit, [(unit, {"error": None})])])])
+    events = []
+    after = 0
+    while batch := await store.events(job, after, 0.01):
+        events += batch
+        after = batch[-1].seq
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert sum(e.kind == "row" for e in events) == n
+    assert sum(e.kind == "progress" for e in events) <= 3
+    assert events[-1].kind == "done"
+
+
+async def test_live_workers_keep_their_chunks(env, mock):
+    """Calls slower than claim_idle_ms: the heartbeat keeps every held chunk fresh, so
+    the other worker takes nothing over and no row is run twice."""
+    settings, state, store = env
+    mock.configure(latency_ms=700)
+    n = 16
+    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    job = await store.submit(sub)
+    async with running_worker(store, state, settings) as first:
+        await wait_for(lambda: len(first._in_flight) > 1, timeout=10)
+        async with running_worker(store, state, settings):
+            job = await finished(store, job.id, timeout=60)
+    assert (job.status, job.completed) == ("completed", n)
+    assert (await mock.astats())["requests"] == n
