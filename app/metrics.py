@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -158,15 +157,11 @@ class Metrics:
 
     async def refresh(self) -> None:
         """Values that need I/O, read just before a scrape."""
-        jobs = self.state.jobs
-        depth_of = getattr(jobs, "queue_depth", None)
-        if depth_of is None:
-            self.jobs_queue_depth.set(0 if jobs is None else -1)
+        if self.state.jobs is None:
+            self.jobs_queue_depth.set(0)
             return
         try:
-            depth = depth_of()
-            if inspect.isawaitable(depth):
-                depth = await asyncio.wait_for(depth, QUEUE_DEPTH_TIMEOUT_S)
+            depth = await asyncio.wait_for(self.state.jobs.queue_depth(), QUEUE_DEPTH_TIMEOUT_S)
             self.jobs_queue_depth.set(depth)
         except Exception as exc:  # Redis down: the scrape still answers, the gauge says unknown
             log.warning("cannot read the job queue depth: %s", exc)

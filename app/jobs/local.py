@@ -96,6 +96,10 @@ class LocalJobStore:
         await asyncio.gather(*self._tasks, *(t for r in self._jobs.values() for t in r.running),
                              return_exceptions=True)
 
+    async def queue_depth(self) -> int:
+        """Chunks waiting for a slot (the metrics gauge)."""
+        return self._queue.qsize()
+
     # ---- the API's side ----
 
     async def submit(self, sub: Submission) -> Job:

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
@@ -44,7 +44,8 @@ async def owned_job(store: JobStore, job_id: str, owner: str | None) -> Job:
 @router.post("/jobs", status_code=202, response_model=JobOut,
              responses={404: {"description": "unknown task"}, 413: {"description": "too many rows"},
                         422: {"description": "invalid body, params, rows or backend"}})
-async def create_job(body: JobRequest, state: StateDep, owner: PrincipalDep) -> dict:
+async def create_job(body: JobRequest, request: Request, state: StateDep, owner: PrincipalDep) -> dict:
+    request.state.task = body.task  # for the access log
     job = await state.jobs.submit(plan(state, body, owner))
     return job.public()
 

@@ -90,16 +90,12 @@ async def test_unknown_tasks_share_one_label(mock):
     assert "nope-1" not in text and "/no/such/path" not in text
 
 
-async def test_queue_depth_asks_the_job_manager(mock):
-    class Jobs:
-        async def queue_depth(self) -> int:
-            return 7
-
+async def test_queue_depth_counts_waiting_chunks(mock):
+    mock.configure(latency_ms=2000)
     async with serve(mock_settings(mock.url)) as client:
-        state = client.app.state.synth
-        saved, state.jobs = state.jobs, Jobs()
-        try:
-            text = (await client.get("/metrics")).text
-        finally:
-            state.jobs = saved
-    assert value(text, "synthserve_jobs_queue_depth") == 7
+        assert value((await client.get("/metrics")).text, "synthserve_jobs_queue_depth") == 0
+        rows = [{"instruction": f"q{i}"} for i in range(200)]
+        job = (await client.post("/jobs", json={"task": "text-generation", "rows": rows})).json()
+        text = (await client.get("/metrics")).text
+        await client.post(f"/jobs/{job['id']}/cancel")
+    assert value(text, "synthserve_jobs_queue_depth") > 0
