@@ -8,7 +8,7 @@ CallPolicy (concurrency limit, retries, timeout), so providers never loop or loc
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import aiohttp
 
-from .base import Completion, Usage
+from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
 from .limits import LLMError, TransientError, is_retryable_status, parse_retry_after
 
 OnChunk = Callable[[dict[str, Any]], None]
@@ -179,3 +179,37 @@ class StreamedCompletion:
 
     def completion(self) -> Completion:
         return Completion("".join(self.parts), self.model, self.usage, self.finish_reason)
+
+
+class ChatCompletionsClient(LLMClient):
+    """The provider hooks of every chat-completions API (OpenAI, Mistral): a subclass sets
+    `self._http` (a transport with `post(payload)` and `stream(payload, on_chunk)`) and
+    defines `payload(messages, kwargs, model, n=, stream=)`."""
+
+    native_n = True
+    _http: Any
+
+    def payload(self, messages: list[Message], kwargs: GenerationKwargs, model: str, *,
+                n: int = 1, stream: bool = False) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _chat_n(self, messages, kwargs, model, n) -> list[Completion]:
+        payload = self.payload(messages, kwargs, model, n=n)
+        completions = await self.policy.run(lambda: self._post(payload, model))
+        if len(completions) != n:
+            raise LLMError(f"asked the server for n={n} completions, got {len(completions)}")
+        return completions
+
+    async def _chat(self, messages: list[Message], kwargs: GenerationKwargs, model: str) -> Completion:
+        return (await self._post(self.payload(messages, kwargs, model), model))[0]
+
+    async def _stream_chat(self, messages, kwargs, model, on_delta) -> Completion:
+        streamed = StreamedCompletion(model, on_delta)
+        await self._http.stream(self.payload(messages, kwargs, model, stream=True), streamed)
+        return streamed.completion()
+
+    async def _post(self, payload: dict[str, Any], model: str) -> list[Completion]:
+        return parse_completions(await self._http.post(payload), model)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()

@@ -24,8 +24,8 @@ import httpx2
 from mistralai.client import Mistral
 from mistralai.client import errors as mistral_errors
 
-from .base import Completion, GenerationKwargs, LLMClient, Message
-from .chat_http import ChatCompletionsHTTP, OnChunk, StreamedCompletion, parse_completions, status_error
+from .base import GenerationKwargs, Message
+from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, status_error
 from .limits import LLMError, TransientError
 
 NO_KEY = "unused"
@@ -36,7 +36,7 @@ _SAME_NAME = ("temperature", "top_p", "stop", "frequency_penalty", "presence_pen
               "top_k", "repetition_penalty")
 
 
-class MistralClient(LLMClient):
+class MistralClient(ChatCompletionsClient):
     provider = "mistral"
     capabilities = frozenset({"chat", "stream"})
     native_n = True  # the API's `n`: one call, input tokens billed once
@@ -50,26 +50,6 @@ class MistralClient(LLMClient):
         self._http: ChatCompletionsHTTP | _SDKTransport = (
             _SDKTransport(base_url, key, pool_size=pool, timeout_s=timeout_s) if self.transport == "sdk"
             else ChatCompletionsHTTP(f"{base_url}/v1/chat/completions", key, pool_size=pool, timeout_s=timeout_s))
-
-    # ---- provider hooks ----
-
-    async def _chat_n(self, messages, kwargs, model, n) -> list[Completion]:
-        payload = self.payload(messages, kwargs, model, n=n)
-        completions = await self.policy.run(lambda: self._post(payload, model))
-        if len(completions) != n:
-            raise LLMError(f"asked the server for n={n} completions, got {len(completions)}")
-        return completions
-
-    async def _chat(self, messages: list[Message], kwargs: GenerationKwargs, model: str) -> Completion:
-        return (await self._post(self.payload(messages, kwargs, model), model))[0]
-
-    async def _stream_chat(self, messages, kwargs, model, on_delta) -> Completion:
-        streamed = StreamedCompletion(model, on_delta)
-        await self._http.stream(self.payload(messages, kwargs, model, stream=True), streamed)
-        return streamed.completion()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ---- mapping ----
 
@@ -93,8 +73,6 @@ class MistralClient(LLMClient):
             payload["stream"] = True  # Mistral puts usage on the last chunk unasked
         return payload
 
-    async def _post(self, payload: dict[str, Any], model: str) -> list[Completion]:
-        return parse_completions(await self._http.post(payload), model)
 
 
 class _SDKTransport:

@@ -25,8 +25,8 @@ from urllib.parse import urlsplit
 import httpx2
 import openai
 
-from .base import Completion, GenerationKwargs, LLMClient, Message
-from .chat_http import ChatCompletionsHTTP, OnChunk, StreamedCompletion, parse_completions, status_error
+from .base import GenerationKwargs, Message
+from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, status_error
 from .limits import LLMError, TransientError
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -43,10 +43,9 @@ _SAME_NAME = ("temperature", "top_p", "stop", "seed", "frequency_penalty", "pres
 _EXTRA = ("top_k", "repetition_penalty")
 
 
-class OpenAIClient(LLMClient):
+class OpenAIClient(ChatCompletionsClient):
     provider = "openai"
     capabilities = frozenset({"chat", "stream"})
-    native_n = True
 
     def __init__(self, name, config, policy, *, transport: Transport | None = None):
         super().__init__(name, config, policy)
@@ -58,26 +57,6 @@ class OpenAIClient(LLMClient):
         self._http: ChatCompletionsHTTP | _SDKTransport = (
             _SDKTransport(base_url, key, pool_size=pool, timeout_s=timeout_s) if self.transport == "sdk"
             else ChatCompletionsHTTP(base_url + "/chat/completions", key, pool_size=pool, timeout_s=timeout_s))
-
-    # ---- provider hooks ----
-
-    async def _chat_n(self, messages, kwargs, model, n) -> list[Completion]:
-        payload = self.payload(messages, kwargs, model, n=n)
-        completions = await self.policy.run(lambda: self._post(payload, model))
-        if len(completions) != n:
-            raise LLMError(f"asked the server for n={n} completions, got {len(completions)}")
-        return completions
-
-    async def _chat(self, messages: list[Message], kwargs: GenerationKwargs, model: str) -> Completion:
-        return (await self._post(self.payload(messages, kwargs, model), model))[0]
-
-    async def _stream_chat(self, messages, kwargs, model, on_delta) -> Completion:
-        streamed = StreamedCompletion(model, on_delta)
-        await self._http.stream(self.payload(messages, kwargs, model, stream=True), streamed)
-        return streamed.completion()
-
-    async def aclose(self) -> None:
-        await self._http.aclose()
 
     # ---- the wire format, shared by both transports ----
 
@@ -103,8 +82,6 @@ class OpenAIClient(LLMClient):
             payload["stream_options"] = {"include_usage": True}
         return payload
 
-    async def _post(self, payload: dict[str, Any], model: str) -> list[Completion]:
-        return parse_completions(await self._http.post(payload), model)
 
 
 class _SDKTransport:
