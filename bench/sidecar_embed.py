@@ -1,7 +1,8 @@
 """Embedding throughput of `synthserve sidecar`: 256 short texts in one batched /embed
 call against one call per text in turn, as texts/s; then one text per call with 64 calls
 in flight (the engine batches concurrent calls); and the sidecar's peak RSS. First, for
-scale on a shared machine, the naive computation in process.
+scale on a shared machine, the naive computation in process: plain Transformers (none of
+sidecar.cpu's kernels), the LM head and every layer's hidden states.
 
     .venv/bin/python bench/sidecar_embed.py [--model M] [--texts 256] [--no-naive]
 """
@@ -42,13 +43,14 @@ async def one_text_per_call(url: str, items: list[str]) -> float:
 
 def naive_texts_per_s(model: str | None, items: list[str], batch: int = 32) -> float:
     """The first approach, in this process, for comparison on the same machine and load:
-    the causal LM with its head and every layer's hidden states, fixed batches of 32."""
+    the plain Transformers causal LM with its head and every layer's hidden states, fixed
+    batches of 32."""
     import torch
 
     from sidecar.loading import load
 
     torch.set_num_threads(cores())
-    loaded = load(model, "cpu")
+    loaded = load(model, "cpu", optimize=False)
     tok, lm = loaded.tokenizer, loaded.model
     texts = [tok.apply_chat_template([{"role": "user", "content": t}], tokenize=False, add_generation_prompt=True)
              for t in items]
@@ -70,7 +72,7 @@ def main() -> None:
     args = parser.parse_args()
     items = texts(args.texts)
     if not args.no_naive:  # before the sidecar starts, so that the two do not share the CPU
-        print(f"baseline (LM head + all hidden states, batches of 32, in process): "
+        print(f"baseline (plain Transformers, LM head + all hidden states, batches of 32, in process): "
               f"{naive_texts_per_s(args.model, items):.1f} texts/s")
     with sidecar(args.model) as (url, pid), httpx.Client(base_url=url, timeout=600) as client:
         print(f"sidecar pid {pid}, {cores()} cores, {len(items)} texts")

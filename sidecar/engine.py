@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
-import ctypes
 import os
 import random
-import sys
 import threading
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -36,7 +34,6 @@ EmbedInput = str | list[Message]
 
 DEFAULT_MAX_NEW_TOKENS = 1024  # when a chat request gives no limit (TGI: the rest of the context)
 KV_BUDGET_BYTES = 2 << 30  # key/value cache the batch may reserve, when max_batch_tokens is not given
-M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 
 
 class Engine:
@@ -66,7 +63,6 @@ class Engine:
         if loading.resolve_device(device).type == "cpu":
             torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                   else os.cpu_count() or 1)
-            _return_large_frees()
         return cls(loading.load(model, device), **options)
 
     def close(self) -> None:
@@ -208,21 +204,6 @@ class Engine:
     def _release(self) -> None:
         with self._lock:
             self._in_flight -= 1
-
-
-def _return_large_frees() -> None:
-    """glibc raises its mmap threshold as large blocks are freed, so a batch's per-layer
-    keys, values and activations end up in the model thread's heap, which fragments and
-    does not shrink: peak RSS was ~200 MiB above the live tensors at 32 concurrent requests.
-    A fixed threshold keeps blocks of 256 KiB and more in their own mappings, returned to
-    the OS when freed."""
-    if sys.platform != "linux":
-        return
-    try:
-        libc = ctypes.CDLL(None)
-        libc.mallopt(M_MMAP_THRESHOLD, 256 << 10)
-    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
-        pass
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from . import cpu
 from .params import EngineError
 
 log = logging.getLogger(__name__)
@@ -61,9 +62,10 @@ def embedded_gguf() -> Path:
     return path
 
 
-def load(model: str | None = None, device: str | None = None) -> Loaded:
+def load(model: str | None = None, device: str | None = None, *, optimize: bool = True) -> Loaded:
     """The model `model` names (None: the embedded SmolLM2) on `device` (None: CUDA when
-    present), in bf16 on CUDA and float32 on CPU, in eval mode."""
+    present), in bf16 on CUDA and float32 on CPU, in eval mode; on CPU with the kernels
+    of `cpu.optimize` unless `optimize` is false (plain Transformers, as a reference)."""
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     if model is None:
@@ -80,35 +82,10 @@ def load(model: str | None = None, device: str | None = None) -> Loaded:
                           f"already in the Hugging Face cache; nothing is downloaded): {exc}") from exc
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    if target.type == "cpu" and lm.config._attn_implementation == "sdpa":
-        lm.set_attn_implementation(_register_cpu_sdpa())
-    return Loaded(lm.to(target).eval(), tokenizer, model_id)
-
-
-CPU_SDPA = "synthserve_cpu_sdpa"
-
-
-def _register_cpu_sdpa() -> str:
-    """Transformers' sdpa repeats grouped keys and values for every query head whenever
-    there is a mask (which a left-padded batch always has): 3x the cache copied per layer
-    and step for SmolLM2. On CPU, SDPA's own `enable_gqa` takes a mask and is ~3x faster
-    for a decode step's attention, with the same result."""
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
-
-    def attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
-        if attention_mask is not None and attention_mask.ndim == 4:
-            attention_mask = attention_mask[:, :, :, :key.shape[-2]]
-        if is_causal is None:
-            is_causal = query.shape[2] > 1 and attention_mask is None and getattr(module, "is_causal", True)
-        out = torch.nn.functional.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, is_causal=is_causal,
-            enable_gqa=query.shape[1] != key.shape[1])
-        return out.transpose(1, 2).contiguous(), None
-
-    AttentionInterface.register(CPU_SDPA, attention)
-    AttentionMaskInterface.register(CPU_SDPA, sdpa_mask)
-    return CPU_SDPA
+    lm = lm.to(target).eval()
+    if target.type == "cpu" and optimize:
+        cpu.optimize(lm)
+    return Loaded(lm, tokenizer, model_id)
 
 
 def converted(gguf: Path) -> Path:

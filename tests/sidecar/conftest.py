@@ -23,6 +23,15 @@ def engine():
 
 
 @pytest.fixture(scope="session")
+def plain_model():
+    """The same model as plain Transformers builds it, none of `sidecar.cpu`'s kernels:
+    what the engine's results are checked against."""
+    from sidecar.loading import load
+
+    return load(device="cpu", optimize=False).model
+
+
+@pytest.fixture(scope="session")
 async def sidecar_url(engine):
     async with run_sidecar(engine) as url:
         yield url

@@ -18,20 +18,20 @@ from .server import request_limit
 GREEDY = SamplingParams(max_new_tokens=12)
 
 
-def reference_tokens(engine, prompt: str, max_new_tokens: int) -> list[int]:
+def reference_tokens(model, engine, prompt: str, max_new_tokens: int) -> list[int]:
     """Transformers' own greedy generate, one prompt alone (no padding, no batching)."""
     ids = torch.tensor([engine.encode(prompt)])
     with torch.inference_mode():
-        out = engine.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                     do_sample=False, pad_token_id=engine.batcher.pad_id)
     return out[0, ids.shape[1]:].tolist()
 
 
-def reference_embedding(engine, messages) -> torch.Tensor:
+def reference_embedding(model, engine, messages) -> torch.Tensor:
     """distilabel's GenerateEmbeddings: hidden_states[-1] at the last token of the templated text."""
     ids = torch.tensor([engine.tokenizer(engine.apply_chat_template(messages), add_special_tokens=False)["input_ids"]])
     with torch.inference_mode():
-        return engine.model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
+        return model(input_ids=ids, output_hidden_states=True).hidden_states[-1][0, -1]
 
 
 async def test_greedy_is_deterministic_and_sensible(engine):
@@ -45,7 +45,7 @@ async def test_greedy_is_deterministic_and_sensible(engine):
     assert first.output_tokens == len(first.tokens) <= 12
 
 
-async def test_batched_greedy_equals_transformers_alone(engine):
+async def test_batched_greedy_equals_transformers_alone(engine, plain_model):
     # prompts of different lengths, generated together: left padding and merged caches
     # must not change a single token
     prompts = [engine.apply_chat_template([{"role": "user", "content": q}]) for q in
@@ -53,7 +53,7 @@ async def test_batched_greedy_equals_transformers_alone(engine):
                 "Explain in one sentence why the sky looks blue during the day.")]
     results = await asyncio.gather(*(engine.generate(p, SamplingParams(max_new_tokens=10)) for p in prompts))
     for prompt, result in zip(prompts, results, strict=True):
-        expected = reference_tokens(engine, prompt, 10)
+        expected = reference_tokens(plain_model, engine, prompt, 10)
         assert [t.id for t in result.tokens] == expected[:len(result.tokens)]
 
 
@@ -163,7 +163,7 @@ async def test_a_full_queue_is_overloaded(engine):
     assert engine.in_flight <= 1
 
 
-async def test_embeddings_equal_transformers(engine):
+async def test_embeddings_equal_transformers(engine, plain_model):
     inputs = ["The cat sat on the mat.", "Hi",
               [{"role": "system", "content": "You are terse."},
                {"role": "user", "content": "Quarterly revenue grew by four percent in the last quarter."}]]
@@ -171,7 +171,7 @@ async def test_embeddings_equal_transformers(engine):
     assert [len(v) for v in vectors] == [engine.hidden_size] * 3 == [576] * 3
     for item, vector in zip(inputs, vectors, strict=True):
         messages = [{"role": "user", "content": item}] if isinstance(item, str) else item
-        expected = reference_embedding(engine, messages)
+        expected = reference_embedding(plain_model, engine, messages)
         got = torch.tensor(vector)
         assert torch.nn.functional.cosine_similarity(got, expected, dim=0) > 0.999
         assert abs(got.norm() - 1) > 0.1  # not normalised unless asked
