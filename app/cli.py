@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from sidecar.app import add_arguments as add_sidecar_arguments
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthserve", description="Synthetic data generation service.")
@@ -25,9 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--log-format", choices=["json", "text"])
 
     sidecar = sub.add_parser("sidecar", help="run the local-model server (TGI protocol)")
-    sidecar.add_argument("--model", help="local path or cached model id (default: embedded SmolLM2-135M-Instruct)")
-    sidecar.add_argument("--host", default="127.0.0.1")
-    sidecar.add_argument("--port", type=int, default=8080)
+    add_sidecar_arguments(sidecar)
     sidecar.add_argument("--log-level", default="info")
     sidecar.add_argument("--log-format", choices=["json", "text"])
     return parser
@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sidecar":
         from sidecar.app import serve as serve_sidecar
-        serve_sidecar(model=args.model, host=args.host, port=args.port, log_level=args.log_level)
+        serve_sidecar(model=args.model, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
+                      max_batch_size=args.max_batch_size, max_concurrent_requests=args.max_concurrent_requests,
+                      max_batch_total_tokens=args.max_batch_total_tokens)
         return 0
     try:
         settings = load_settings(args.config)

@@ -9,6 +9,7 @@ in the stream, as TGI sends it.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import logging
@@ -26,7 +27,7 @@ from .params import EngineError, GenerationResult, InvalidRequest, Overloaded, S
 if TYPE_CHECKING:
     from .engine import Engine
 
-__all__ = ["create_app", "serve"]
+__all__ = ["add_arguments", "create_app", "serve"]
 
 DEFAULT_PORT = 8080
 
@@ -262,15 +263,41 @@ def _version() -> str:
         return "0"
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of `synthserve sidecar` and `python -m sidecar`; the batch limits have
+    the names of TGI's launcher."""
+    parser.add_argument("--model", help="local folder, .gguf file or cached Hugging Face id "
+                                        "(default: the embedded SmolLM2-135M-Instruct)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    parser.add_argument("--max-batch-size", type=_positive, default=32, metavar="N",
+                        help="sequences generated together (default 32); fewer hold less key/value cache")
+    parser.add_argument("--max-concurrent-requests", type=_positive, default=128, metavar="N",
+                        help="requests queued or running before new ones get 429 (default 128)")
+    parser.add_argument("--max-batch-total-tokens", type=_positive, metavar="N",
+                        help="prompt + max_new_tokens summed over the batch, and the most one request "
+                             "may ask for (default: 2 GiB of key/value cache, at least the model's context)")
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def serve(model: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-          device: str | None = None, log_level: str = "info") -> None:
+          device: str | None = None, log_level: str = "info", max_batch_size: int = 32,
+          max_concurrent_requests: int = 128, max_batch_total_tokens: int | None = None) -> None:
     """`synthserve sidecar`: load `model` (None: the embedded SmolLM2) and serve it."""
     import uvicorn
 
     def engine_factory() -> Engine:
         from .engine import get_engine
 
-        return get_engine(model, device)
+        return get_engine(model, device, max_batch_size=max_batch_size,
+                          max_concurrent_requests=max_concurrent_requests, max_batch_tokens=max_batch_total_tokens)
 
     if not logging.getLogger().handlers:  # run alone (python -m sidecar); the CLI configures its own
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")

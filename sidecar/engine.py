@@ -238,16 +238,17 @@ _engines: dict[tuple[str | None, str], Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def get_engine(model: str | None = None, device: str | None = None) -> Engine:
+def get_engine(model: str | None = None, device: str | None = None, **options: Any) -> Engine:
     """The process's engine for `model` on `device`, loaded on first use (blocking: call
-    it in a thread from async code). Every caller with the same arguments shares it."""
+    it in a thread from async code). Every caller with the same model and device shares
+    it; `options` (Engine's limits) apply when it is loaded."""
     key = (model, str(loading.resolve_device(device)))
     with _engines_lock:  # held while loading, so concurrent first callers wait for one load
         engine = _engines.get(key)
         if engine is None:
             if not _engines:
                 atexit.register(_close_engines)
-            engine = _engines[key] = Engine.load(model, device)
+            engine = _engines[key] = Engine.load(model, device, **options)
         return engine
 
 
