@@ -24,10 +24,11 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def sidecar(model: str | None = None, *, timeout_s: float = 300) -> Iterator[tuple[str, int]]:
-    """(base_url, pid) of a sidecar started for the benchmark, stopped afterwards."""
+def sidecar(model: str | None = None, *, options: list[str] = (), timeout_s: float = 300) -> Iterator[tuple[str, int]]:
+    """(base_url, pid) of a sidecar started for the benchmark with `options` (its CLI's),
+    stopped afterwards."""
     port = free_port()
-    cmd = [sys.executable, "-m", "sidecar", "--port", str(port)] + (["--model", model] if model else [])
+    cmd = [sys.executable, "-m", "sidecar", "--port", str(port), *(["--model", model] if model else []), *options]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
