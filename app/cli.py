@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "sidecar":
         from sidecar.app import serve as serve_sidecar
-        serve_sidecar(model=args.model, host=args.host, port=args.port, device=args.device, log_level=args.log_level,
-                      max_batch_size=args.max_batch_size, max_concurrent_requests=args.max_concurrent_requests,
-                      max_batch_total_tokens=args.max_batch_total_tokens)
+        serve_sidecar(args, log_level=args.log_level)
         return 0
     try:
         settings = load_settings(args.config)

@@ -22,7 +22,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from . import protocol as p
-from .params import EngineError, GenerationResult, InvalidRequest, Overloaded, SamplingParams, StopTrimmer, Token
+from .params import (
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENT_REQUESTS,
+    EngineError,
+    GenerationResult,
+    InvalidRequest,
+    Overloaded,
+    SamplingParams,
+    StopTrimmer,
+    Token,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -271,10 +281,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when present)")
-    parser.add_argument("--max-batch-size", type=_positive, default=32, metavar="N",
-                        help="sequences generated together (default 32); fewer hold less key/value cache")
-    parser.add_argument("--max-concurrent-requests", type=_positive, default=128, metavar="N",
-                        help="requests queued or running before new ones get 429 (default 128)")
+    parser.add_argument("--max-batch-size", type=_positive, default=MAX_BATCH_SIZE, metavar="N",
+                        help=f"sequences generated together (default {MAX_BATCH_SIZE}); fewer hold less "
+                             "key/value cache")
+    parser.add_argument("--max-concurrent-requests", type=_positive, default=MAX_CONCURRENT_REQUESTS, metavar="N",
+                        help=f"requests queued or running before new ones get 429 (default {MAX_CONCURRENT_REQUESTS})")
     parser.add_argument("--max-batch-total-tokens", type=_positive, metavar="N",
                         help="prompt + max_new_tokens summed over the batch, and the most one request "
                              "may ask for (default: 2 GiB of key/value cache, at least the model's context)")
@@ -287,19 +298,18 @@ def _positive(text: str) -> int:
     return value
 
 
-def serve(model: str | None = None, host: str = "127.0.0.1", port: int = DEFAULT_PORT, *,
-          device: str | None = None, log_level: str = "info", max_batch_size: int = 32,
-          max_concurrent_requests: int = 128, max_batch_total_tokens: int | None = None) -> None:
-    """`synthserve sidecar`: load `model` (None: the embedded SmolLM2) and serve it."""
+def serve(args: argparse.Namespace, *, log_level: str = "info") -> None:
+    """`synthserve sidecar`: load the model `args` (from `add_arguments`) name and serve it."""
     import uvicorn
 
     def engine_factory() -> Engine:
         from .engine import get_engine
 
-        return get_engine(model, device, max_batch_size=max_batch_size,
-                          max_concurrent_requests=max_concurrent_requests, max_batch_tokens=max_batch_total_tokens)
+        return get_engine(args.model, args.device, max_batch_size=args.max_batch_size,
+                          max_concurrent_requests=args.max_concurrent_requests,
+                          max_batch_tokens=args.max_batch_total_tokens)
 
     if not logging.getLogger().handlers:  # run alone (python -m sidecar); the CLI configures its own
         logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvicorn.run(create_app(engine_factory), host=host, port=port, log_level=log_level, log_config=None,
+    uvicorn.run(create_app(engine_factory), host=args.host, port=args.port, log_level=log_level, log_config=None,
                 access_log=False)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 from . import sampling
-from .params import EngineError, FinishReason, GenerationResult, SamplingParams, Token
+from .params import MAX_BATCH_SIZE, EngineError, FinishReason, GenerationResult, SamplingParams, Token
 
 log = logging.getLogger(__name__)
 
@@ -57,9 +57,9 @@ class SlackLayer(DynamicLayer):
     SLACK = 16
 
     def replace(self, keys: torch.Tensor, values: torch.Tensor) -> None:
-        self._kbuf, self._vbuf = _with_room(keys, keys.shape[-2] + self.SLACK), \
-            _with_room(values, values.shape[-2] + self.SLACK)
-        self.keys, self.values = self._kbuf[:, :, :keys.shape[-2]], self._vbuf[:, :, :values.shape[-2]]
+        length = keys.shape[-2]
+        self._kbuf, self._vbuf = (_with_room(t, length + self.SLACK) for t in (keys, values))
+        self.keys, self.values = self._kbuf[:, :, :length], self._vbuf[:, :, :length]
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         self.replace(self.keys[indices], self.values[indices])
@@ -171,7 +171,7 @@ def settle(future: concurrent.futures.Future, outcome: Any) -> None:
 
 
 class Batcher:
-    def __init__(self, model, tokenizer, *, eos_ids: set[int], max_batch_size: int = 32,
+    def __init__(self, model, tokenizer, *, eos_ids: set[int], max_batch_size: int = MAX_BATCH_SIZE,
                  max_batch_tokens: int = 65536, prefill_tokens: int = 4096):
         self.model = model
         self.tokenizer = tokenizer

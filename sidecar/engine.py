@@ -25,7 +25,15 @@ from . import loading
 from .batcher import Batcher, Detokenizer
 from .batcher import Sequence as Request
 from .embedding import Embedder
-from .params import GenerationResult, InvalidRequest, Overloaded, SamplingParams, Token
+from .params import (
+    MAX_BATCH_SIZE,
+    MAX_CONCURRENT_REQUESTS,
+    GenerationResult,
+    InvalidRequest,
+    Overloaded,
+    SamplingParams,
+    Token,
+)
 
 __all__ = ["Engine", "GenerationResult", "SamplingParams", "Token", "get_engine"]
 
@@ -37,7 +45,8 @@ KV_BUDGET_BYTES = 2 << 30  # key/value cache the batch may reserve, when max_bat
 
 
 class Engine:
-    def __init__(self, loaded: loading.Loaded, *, max_batch_size: int = 32, max_concurrent_requests: int = 128,
+    def __init__(self, loaded: loading.Loaded, *, max_batch_size: int = MAX_BATCH_SIZE,
+                 max_concurrent_requests: int = MAX_CONCURRENT_REQUESTS,
                  max_batch_tokens: int | None = None, embed_batch_size: int = 64, embed_batch_tokens: int = 8192):
         self.model = loaded.model
         self.tokenizer = loaded.tokenizer

@@ -13,6 +13,10 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
+# the engine's limits when none are given (TGI's launcher has the same options)
+MAX_BATCH_SIZE = 32
+MAX_CONCURRENT_REQUESTS = 128
+
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
 
