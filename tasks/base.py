@@ -14,19 +14,25 @@ from __future__ import annotations
 
 import asyncio
 import random
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
 
-__all__ = ["ParseError", "RowContext", "RowError", "Task", "TaskParams", "TaskRun"]
+__all__ = ["ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
 
 
 class ParseError(ValueError):
-    """The model's answer could not be parsed. Marks its own row (`parse_error`)."""
+    """The model's answer could not be parsed. Marks its own row (`parse_error`); `outputs`
+    are what could be read all the same (paid text is never discarded), None for nothing."""
+
+    def __init__(self, message: str, outputs: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.outputs = outputs
 
 
 class RowError(ValueError):
@@ -40,7 +46,17 @@ class RowError(ValueError):
 class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    seed: int = Field(42, description="Seeds every random choice, per (seed, row index, step).")
+    seed: int = Field(default_factory=lambda: secrets.randbelow(2**31), description=(
+        "Seeds every random choice, per (seed, row index, step). Omitted: drawn per request and "
+        "returned as `seed`, so sending it back reproduces the run."))
+
+
+P = TypeVar("P", bound=TaskParams)
+
+# How a job splits a request into units, the pieces it runs, stores and retries one by
+# one (app.jobs plans its chunks by it): one unit per input row, one per generation asked
+# for, or the whole request as one algorithm (a task that overrides `Task.stream`).
+Split = Literal["rows", "generations", "whole"]
 
 
 @dataclass(slots=True)
@@ -125,10 +141,10 @@ class RowContext:
 
 
 @dataclass(slots=True)
-class TaskRun:
+class TaskRun(Generic[P]):
     """Everything one request (or one job chunk) needs to run a task."""
 
-    params: TaskParams
+    params: P
     llm: LLMClient
     kwargs: GenerationKwargs
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -151,27 +167,41 @@ class TaskRun:
         )
 
 
-class Task:
+class Task(Generic[P]):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
     generator: ClassVar[bool] = False
-    Params: ClassVar[type[TaskParams]] = TaskParams
+    Params: type[P] = TaskParams  # type: ignore[assignment]  # (a ClassVar cannot hold P)
+    split: ClassVar[Split] = "rows"  # a generator without its own: "generations" (__init_subclass__)
     requires: ClassVar[frozenset[Capability]] = frozenset({"chat"})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.generator and "split" not in cls.__dict__ and cls.split == "rows":
+            cls.split = "generations"
 
     # ---- declared shape ----
 
-    def output_columns(self, params: TaskParams) -> tuple[str, ...]:
+    def output_columns(self, params: P) -> tuple[str, ...]:
         return self.outputs
 
-    def num_units(self, params: TaskParams, rows: list[dict]) -> int:
+    def num_units(self, params: P, rows: list[dict]) -> int:
         """Units of work: the input rows, or for a generator the generations asked for."""
         return len(rows)
 
-    def rows_per_unit(self, params: TaskParams) -> int | None:
+    def rows_per_unit(self, params: P) -> int | None:
         """Output rows per unit; None when it varies (then indexes follow completion order)."""
         return 1
+
+    def failed_outputs(self, row: dict[str, Any], params: P) -> dict[str, Any]:
+        """The outputs of a row that failed; columns left out are null."""
+        return {}
+
+    def unit_groups(self, run: TaskRun[P], units: list[int]) -> list[list[int]]:
+        """Units that share one LLM call (see `run_group`); by default each runs alone."""
+        return [[i] for i in units]
 
     def info(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "inputs": list(self.inputs),
@@ -179,7 +209,7 @@ class Task:
 
     # ---- validation, before any LLM call ----
 
-    def check(self, params: TaskParams, llm: LLMClient) -> None:
+    def check(self, params: P, llm: LLMClient) -> None:
         """Raise ValueError for params that are fine one by one but not together, or a
         backend that lacks a capability this task needs."""
         missing = self.requires - llm.capabilities
@@ -187,7 +217,7 @@ class Task:
             raise ValueError(f"task {self.name!r} needs a backend that can {', '.join(sorted(missing))}; "
                              f"backend {llm.name!r} ({llm.provider}) cannot")
 
-    def check_row(self, row: dict[str, Any], params: TaskParams) -> None:
+    def check_row(self, row: dict[str, Any], params: P) -> None:
         """Raise RowError naming the field. Default: every input column present, strings."""
         for col in self.inputs:
             if col not in row or row[col] is None:
@@ -197,20 +227,20 @@ class Task:
 
     # ---- one unit ----
 
-    def format(self, row: dict[str, Any], params: TaskParams, rng: random.Random) -> list[Message]:
+    def format(self, row: dict[str, Any], params: P, rng: random.Random) -> list[Message]:
         raise NotImplementedError
 
-    def parse(self, answer: str, row: dict[str, Any], params: TaskParams) -> dict[str, Any]:
+    def parse(self, answer: str, row: dict[str, Any], params: P) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def run(self, ctx: RowContext, row: dict[str, Any], params: TaskParams) -> dict | list[dict]:
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: P) -> dict | list[dict]:
         """Outputs of one unit: a dict of output columns, or a list of them (several rows)."""
         answer = await ctx.chat(self.format(row, params, ctx.rng()))
         return self.parse(answer, row, params)
 
     # ---- the whole request ----
 
-    async def stream(self, run: TaskRun) -> AsyncIterator[tuple[int, dict[str, Any]]]:
+    async def stream(self, run: TaskRun[P]) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         """Yield `(index, output_row)` as units finish. Cancelling the iteration cancels
         every pending unit (and with it their LLM calls)."""
         n_units = self.num_units(run.params, run.rows)
@@ -218,16 +248,18 @@ class Task:
         per_unit = self.rows_per_unit(run.params)
         queue: asyncio.Queue[tuple[int, list[dict] | Exception]] = asyncio.Queue()
 
-        async def one(i: int) -> None:
+        async def one(group: list[int]) -> None:
             try:
-                queue.put_nowait((i, await self.run_unit(run, i)))
+                for i, out_rows in await self.run_group(run, group):
+                    queue.put_nowait((i, out_rows))
             except Exception as exc:  # a bug, not a row failure: fail the request, don't hang it
-                queue.put_nowait((i, exc))
+                queue.put_nowait((group[0], exc))
 
-        pending = [asyncio.create_task(one(i)) for i in units]
+        groups = self.unit_groups(run, list(units))
+        pending = [asyncio.create_task(one(g)) for g in groups]
         counter = 0
         try:
-            for _ in range(len(pending)):
+            for _ in range(sum(map(len, groups))):
                 i, out_rows = await queue.get()
                 if isinstance(out_rows, Exception):
                     raise out_rows
@@ -243,27 +275,41 @@ class Task:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
 
-    async def run_unit(self, run: TaskRun, i: int) -> list[dict[str, Any]]:
+    async def run_group(self, run: TaskRun[P], group: list[int]) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Run a group of units: `(unit, its output rows)` for each."""
+        return [(i, await self.run_unit(run, i)) for i in group]
+
+    async def run_unit(self, run: TaskRun[P], i: int) -> list[dict[str, Any]]:
         """Run one unit and build its output rows; errors mark these rows only."""
         row = run.rows[i] if i < len(run.rows) else {}
         ctx = run.context(i)
-        error = None
         try:
             result = await self.run(ctx, row, run.params)
-        except LLMError as exc:
-            result, error = None, {"type": "llm_error", "message": str(exc)}
-        except ParseError as exc:
-            result, error = None, {"type": "parse_error", "message": str(exc)}
+        except (LLMError, ParseError) as exc:
+            result = exc
         run.usage = run.usage + ctx.usage
-        if result is None:
-            n = self.rows_per_unit(run.params) or 1
-            result = [{}] * n
+        return self.rows_of(row, result, ctx, run)
+
+    def rows_of(self, row: dict[str, Any], result: dict | list | Exception, ctx: RowContext,
+                run: TaskRun[P]) -> list[dict[str, Any]]:
+        """The output rows of a unit's result: its outputs, a list of them (one may be the
+        ParseError of its own generation), or the error that failed the whole unit."""
+        if isinstance(result, Exception):
+            result = [result] * (self.rows_per_unit(run.params) or 1)
         elif isinstance(result, dict):
             result = [result]
-        return [self.build_row(row, outputs, ctx, error, run) for outputs in result]
+        out = []
+        for outputs in result:
+            error = None
+            if isinstance(outputs, LLMError | ParseError):
+                kind = "llm_error" if isinstance(outputs, LLMError) else "parse_error"
+                error = {"type": kind, "message": str(outputs)}
+                outputs = getattr(outputs, "outputs", None) or self.failed_outputs(row, run.params)
+            out.append(self.build_row(row, outputs, ctx, error, run))
+        return out
 
     def build_row(self, row: dict[str, Any], outputs: dict[str, Any], ctx: RowContext,
-                  error: dict | None, run: TaskRun) -> dict[str, Any]:
+                  error: dict | None, run: TaskRun[P]) -> dict[str, Any]:
         out = dict(row)
         for col in self.output_columns(run.params):
             out[col] = outputs.get(col)

@@ -96,6 +96,7 @@ class _EvolGenerator(Task):
     inputs = ()
     outputs = ("instruction", "answer")
     generator = True
+    split = "whole"  # one algorithm over every generation (stream below)
     Params = EvolGeneratorParams
     mutations: tuple[str, ...] = ()
 
