@@ -22,6 +22,8 @@ class ServerConfig(_Section):
     max_rows_per_request: int = Field(10_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     api_keys_env: str = "SYNTHSERVE_API_KEYS"
+    # a backend with more calls than this waiting for a slot: new requests get 429 + Retry-After
+    max_queued_calls: int = Field(100_000, ge=1)
 
     def api_keys(self) -> frozenset[str]:
         raw = os.environ.get(self.api_keys_env, "")
@@ -36,6 +38,12 @@ class BackendConfig(_Section):
     max_concurrency: int = Field(16, ge=1)
     timeout_s: float = Field(120.0, gt=0)
     max_retries: int = Field(3, ge=0)
+    # spend and rate limits (docs/api.md, "Spend and rate limits"); rpm/tpm are shared through Redis
+    rpm: int | None = Field(None, ge=1)
+    tpm: int | None = Field(None, ge=1)
+    adaptive: bool = False
+    price_input_per_mtok: float = Field(0.0, ge=0, allow_inf_nan=False)
+    price_output_per_mtok: float = Field(0.0, ge=0, allow_inf_nan=False)
     # local provider only: model path or cached id (None = the embedded SmolLM2)
     model_path: str | None = None
     device: str | None = None
@@ -58,6 +66,11 @@ class JobsConfig(_Section):
     shutdown_grace_s: float = Field(10.0, ge=0)  # on SIGTERM, time for in-flight chunks to finish
 
 
+class CacheConfig(_Section):
+    enabled: bool = True
+    ttl_days: float = Field(30, gt=0, allow_inf_nan=False)
+
+
 class TasksConfig(_Section):
     custom_dir: str | None = None
 
@@ -70,6 +83,7 @@ class Settings(_Section):
     )
     jobs: JobsConfig = JobsConfig()
     tasks: TasksConfig = TasksConfig()
+    cache: CacheConfig = CacheConfig()
     config_dir: Path | None = Field(None, exclude=True)
 
     @model_validator(mode="after")

@@ -15,6 +15,9 @@ process (tests) never share counters. What is counted where:
     synthserve_llm_retries_total{backend}                   read from CallPolicy at scrape time
     synthserve_llm_in_flight{backend}                         "
     synthserve_llm_max_concurrency{backend}                   "
+    synthserve_llm_concurrency_limit{backend}                 " (the adaptive limit now)
+    synthserve_llm_throttled_total{backend}                   " (attempts answered 429)
+    synthserve_llm_calls_waiting{backend}                     " (calls queued for a slot)
     synthserve_sse_streams_open                             app.sse.SSEResponse
     synthserve_jobs_queue_depth                             `await state.jobs.queue_depth()` at scrape time,
                                                             when the job store has it (else -1)
@@ -60,12 +63,22 @@ class BackendCollector(Collector):
         in_flight = GaugeMetricFamily("synthserve_llm_in_flight", "LLM requests in flight", labels=["backend"])
         limit = GaugeMetricFamily("synthserve_llm_max_concurrency", "limit on LLM requests in flight",
                                   labels=["backend"])
+        current = GaugeMetricFamily("synthserve_llm_concurrency_limit",
+                                    "in-flight limit now (moves between 1 and max_concurrency with adaptive)",
+                                    labels=["backend"])
+        throttled = CounterMetricFamily("synthserve_llm_throttled", "LLM call attempts answered 429",
+                                        labels=["backend"])
+        waiting = GaugeMetricFamily("synthserve_llm_calls_waiting", "LLM calls waiting for a slot",
+                                    labels=["backend"])
         for name, client in self.state.backends.items():
             policy = client.policy
             retries.add_metric([name], policy.retries)
             in_flight.add_metric([name], policy.in_flight)
             limit.add_metric([name], policy.max_concurrency)
-        yield from (retries, in_flight, limit)
+            current.add_metric([name], policy.limit)
+            throttled.add_metric([name], policy.throttled)
+            waiting.add_metric([name], policy.slots.waiting)
+        yield from (retries, in_flight, limit, current, throttled, waiting)
 
 
 class Metrics:

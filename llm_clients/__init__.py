@@ -13,7 +13,8 @@ __all__ = [
 
 
 def build_client(name: str, config) -> LLMClient:
-    policy = CallPolicy(config.max_concurrency, max_retries=config.max_retries, timeout_s=config.timeout_s)
+    policy = CallPolicy(config.max_concurrency, max_retries=config.max_retries, timeout_s=config.timeout_s,
+                        adaptive=config.adaptive)
     if config.provider == "openai":
         from .openai import OpenAIClient
         return OpenAIClient(name, config, policy)

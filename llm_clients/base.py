@@ -15,6 +15,7 @@ from typing import Any, ClassVar, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from .limits import CallPolicy, LLMError
+from .ratelimit import estimate_tokens
 
 __all__ = [
     "Capability", "Completion", "GenerationKwargs", "LLMClient", "LLMError", "Message", "Usage",
@@ -102,13 +103,14 @@ class LLMClient:
             on_delta(delta)
 
         return await self.policy.run(lambda: self._stream_chat(messages, kwargs, model or self.model, emit),
-                                     retry_if=lambda: not started)
+                                     retry_if=lambda: not started, tokens=estimate_tokens(messages, kwargs))
 
     async def complete(self, prompt: str, kwargs: GenerationKwargs, *,
                        model: str | None = None) -> Completion:
         """Raw completion of `prompt`, no chat template (magpie)."""
         self.require("raw")
-        return await self.policy.run(lambda: self._complete(prompt, kwargs, model or self.model))
+        return await self.policy.run(lambda: self._complete(prompt, kwargs, model or self.model),
+                                     tokens=estimate_tokens(prompt, kwargs))
 
     async def apply_chat_template(self, messages: list[Message]) -> str:
         """The model's chat template applied, generation prompt added."""
@@ -118,7 +120,7 @@ class LLMClient:
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
         """Last-token final hidden states (see API.md, generate-embeddings)."""
         self.require("embed")
-        return await self.policy.run(lambda: self._embed(inputs))
+        return await self.policy.run(lambda: self._embed(inputs), tokens=estimate_tokens(inputs))
 
     def require(self, capability: Capability) -> None:
         if capability not in self.capabilities:
@@ -135,7 +137,8 @@ class LLMClient:
 
     async def _chat_n(self, messages, kwargs, model, n) -> list[Completion]:
         import asyncio
-        one = lambda: self.policy.run(lambda: self._chat(messages, kwargs, model))  # noqa: E731
+        tokens = estimate_tokens(messages, kwargs)
+        one = lambda: self.policy.run(lambda: self._chat(messages, kwargs, model), tokens=tokens)  # noqa: E731
         if n == 1:
             return [await one()]
         return list(await asyncio.gather(*(one() for _ in range(n))))

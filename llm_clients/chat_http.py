@@ -14,13 +14,14 @@ Retry-After), everything else LLMError. Nothing retries here; the CallPolicy doe
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import aiohttp
 
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
-from .limits import LLMError, TransientError, is_retryable_status, parse_retry_after
+from .limits import LLMError, TransientError, is_retryable_status, transient_status_error
+from .ratelimit import estimate_tokens
 
 OnChunk = Callable[[dict[str, Any]], None]
 
@@ -69,7 +70,7 @@ class ChatCompletionsHTTP:
             async with session.post(self.url, data=json.dumps(payload).encode()) as response:
                 if response.status >= 400:
                     body = await response.read()
-                    raise status_error(response.status, error_message(body), response.headers.get("Retry-After"))
+                    raise status_error(response.status, error_message(body), response.headers)
                 return await consume(response)
         except (aiohttp.ClientError, TimeoutError) as exc:
             # ClientError: refused/reset connections, truncated bodies. TimeoutError: aiohttp's
@@ -105,10 +106,12 @@ def _sse_line(line: bytes, on_chunk: OnChunk) -> bool:
 
 # ---- the JSON both transports hand back, into our types ----
 
-def status_error(status: int, message: str, retry_after: str | None) -> LLMError:
+def status_error(status: int, message: str, headers: Mapping[str, str] | None) -> LLMError:
+    """`headers` (case-insensitive, as every HTTP client hands them) give Retry-After and
+    the x-ratelimit-* quota."""
     text = f"HTTP {status} from the LLM server: {message}"[:1000]
     if is_retryable_status(status):
-        return TransientError(text, retry_after=parse_retry_after(retry_after))
+        return transient_status_error(status, text, headers)
     return LLMError(text)
 
 
@@ -195,7 +198,8 @@ class ChatCompletionsClient(LLMClient):
 
     async def _chat_n(self, messages, kwargs, model, n) -> list[Completion]:
         payload = self.payload(messages, kwargs, model, n=n)
-        completions = await self.policy.run(lambda: self._post(payload, model))
+        completions = await self.policy.run(lambda: self._post(payload, model),
+                                            tokens=estimate_tokens(messages, kwargs, n))
         if len(completions) != n:
             raise LLMError(f"asked the server for n={n} completions, got {len(completions)}")
         return completions

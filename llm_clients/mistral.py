@@ -114,7 +114,7 @@ def _sdk_errors() -> Iterator[None]:
     except mistral_errors.ResponseValidationError as exc:
         raise LLMError(f"unexpected payload from the Mistral server: {exc.message[:300]}") from exc
     except mistral_errors.MistralError as exc:
-        raise status_error(exc.status_code, exc.body[:300], exc.headers.get("retry-after")) from exc
+        raise status_error(exc.status_code, exc.body[:300], exc.headers) from exc
     except mistral_errors.NoResponseError as exc:
         raise TransientError(f"no answer from the Mistral server: {exc}") from exc
     except httpx2.TransportError as exc:  # connect/read errors and the SDK's own timeouts

@@ -118,7 +118,7 @@ def _sdk_errors() -> Iterator[None]:
     try:
         yield
     except openai.APIStatusError as exc:
-        raise status_error(exc.status_code, exc.message, exc.response.headers.get("retry-after")) from exc
+        raise status_error(exc.status_code, exc.message, exc.response.headers) from exc
     except openai.APIConnectionError as exc:  # includes APITimeoutError
         raise TransientError(f"cannot reach the LLM server: {exc}") from exc
     except httpx2.TransportError as exc:  # raised while iterating a stream, outside the SDK's mapping

@@ -59,7 +59,7 @@ class TGIHTTP(ChatCompletionsHTTP):
             async with session.request(method, self.base_url + path, data=data) as response:
                 body = await response.read()
                 if response.status >= 400:
-                    raise status_error(response.status, error_message(body), response.headers.get("Retry-After"))
+                    raise status_error(response.status, error_message(body), response.headers)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise TransientError(f"cannot reach the LLM server: {type(exc).__name__}: {exc}") from exc
         try:

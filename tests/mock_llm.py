@@ -29,10 +29,16 @@ Control API (JSON), for tests:
          "latency_ms": 250, "chunk_delay_ms": 10 (optional),
          "times": 2 (optional: removed after 2 uses; default unlimited)}
     POST /_mock/reset    rules, counters and the request log
-    POST /_mock/config   {"latency_ms": N, "chunk_delay_ms": M}  defaults for every request
-    GET  /_mock/stats    {"requests", "in_flight", "max_in_flight", "by_route": {path: n}}: model
-                         calls (the POST routes); a call whose client disconnects is cancelled
-                         and leaves in_flight
+    POST /_mock/config   {"latency_ms": N, "chunk_delay_ms": M}  defaults for every request;
+                         limits, as a rate-limited API enforces them (null = none; reset clears):
+                         {"max_in_flight": 32, "rpm": 600, "tpm": 100000, "retry_after_s": 1}
+                         A call past one is answered 429 at once, with Retry-After and OpenAI's
+                         x-ratelimit-{limit,remaining,reset}-{requests,tokens} headers; tokens of a
+                         call = prompt words + max_tokens / max_new_tokens; windows are 60 s sliding.
+    GET  /_mock/stats    {"requests", "in_flight", "max_in_flight", "rate_limited", "by_route": {path: n}}:
+                         model calls (the POST routes; `requests` counts the 429s of the limits
+                         too, `rate_limited` only them); a call whose client disconnects is
+                         cancelled and leaves in_flight
     GET  /_mock/requests [{"route", "body", "authorization"}, ...]  (last 10,000)
 """
 
@@ -46,6 +52,7 @@ import sys
 import time
 import zlib
 from collections import deque
+from math import ceil
 from typing import Any
 
 from aiohttp import web
@@ -135,6 +142,8 @@ class MockLLM:
         self.requests = 0
         self.in_flight = 0
         self.max_in_flight = 0
+        self.rate_limited = 0
+        self.limits = RateLimits()
         self.by_route: dict[str, int] = {}
         self.log: deque[dict] = deque(maxlen=LOG_SIZE)
         self.created = int(time.time())
@@ -388,14 +397,105 @@ class MockLLM:
             self.latency_ms = float(body["latency_ms"])
         if "chunk_delay_ms" in body:
             self.chunk_delay_ms = float(body["chunk_delay_ms"])
+        self.limits.configure(body)
         return web.json_response({"latency_ms": self.latency_ms, "chunk_delay_ms": self.chunk_delay_ms})
 
     async def ctl_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"requests": self.requests, "in_flight": self.in_flight,
-                                  "max_in_flight": self.max_in_flight, "by_route": self.by_route})
+                                  "max_in_flight": self.max_in_flight, "rate_limited": self.rate_limited,
+                                  "by_route": self.by_route})
+
+    @web.middleware
+    async def limit(self, request: web.Request, handler) -> web.StreamResponse:
+        """Answer 429 to a model call past the configured limits, before its handler runs
+        (so it never counts in flight); the check and the handler's count of the call in
+        flight happen with no await between them."""
+        if request.method != "POST" or request.path.startswith("/_mock/") or not self.limits.any():
+            return await handler(request)
+        tokens = _call_tokens(await request.read()) if self.limits.tpm else 0
+        refusal = self.limits.refuse(self.in_flight, tokens)
+        if refusal is None:
+            return await handler(request)
+        self.requests += 1
+        self.rate_limited += 1
+        self.by_route[request.path] = self.by_route.get(request.path, 0) + 1
+        body = {"error": {"message": "mock rate limit reached", "type": "rate_limit_exceeded",
+                          "param": None, "code": "rate_limit_exceeded"}}
+        return web.Response(status=429, body=_dumps(body).encode(), content_type=_JSON, headers=refusal)
+
 
     async def ctl_requests(self, request: web.Request) -> web.Response:
         return web.json_response(list(self.log))
+
+
+def _call_tokens(raw: bytes) -> int:
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return 0
+    if not isinstance(body, dict):
+        return 0
+    params = body.get("parameters") if isinstance(body.get("parameters"), dict) else body
+    limit = params.get("max_tokens") or params.get("max_new_tokens") or 0
+    if isinstance(body.get("messages"), list):
+        prompt = sum(_words(_text(m.get("content"))) for m in body["messages"] if isinstance(m, dict))
+    else:
+        prompt = _words(str(body.get("inputs") or ""))
+    return prompt + (limit if isinstance(limit, int) else 0)
+
+
+class RateLimits:
+    """The mock's own ceilings: calls in flight, and calls and tokens per sliding minute."""
+
+    WINDOW_S = 60.0
+
+    def __init__(self) -> None:
+        self.max_in_flight: int | None = None
+        self.rpm: int | None = None
+        self.tpm: int | None = None
+        self.retry_after_s = 1.0
+        self.calls: deque[tuple[float, int]] = deque()  # (time, tokens) of the calls let through
+        self.tokens = 0
+
+    def configure(self, body: dict) -> None:
+        for key in ("max_in_flight", "rpm", "tpm"):
+            if key in body:
+                setattr(self, key, None if body[key] is None else int(body[key]))
+        if "retry_after_s" in body:
+            self.retry_after_s = float(body["retry_after_s"])
+
+    def any(self) -> bool:
+        return self.max_in_flight is not None or self.rpm is not None or self.tpm is not None
+
+    def refuse(self, in_flight: int, tokens: int) -> dict[str, str] | None:
+        """None to let the call through (counted), else the headers of its 429."""
+        now = time.monotonic()
+        while self.calls and self.calls[0][0] <= now - self.WINDOW_S:
+            self.tokens -= self.calls.popleft()[1]
+        # when the oldest call leaves the window, a request's and its tokens' worth frees up
+        reset = self.calls[0][0] + self.WINDOW_S - now if self.calls else 0.0
+        headers: dict[str, str] = {}
+        over_rate = False
+        if self.rpm is not None:
+            remaining = self.rpm - len(self.calls)
+            over_rate |= remaining <= 0
+            headers.update({"x-ratelimit-limit-requests": str(self.rpm),
+                            "x-ratelimit-remaining-requests": str(max(remaining, 0)),
+                            "x-ratelimit-reset-requests": f"{reset:.3f}s"})
+        if self.tpm is not None:
+            remaining = self.tpm - self.tokens
+            over_rate |= remaining < tokens
+            headers.update({"x-ratelimit-limit-tokens": str(self.tpm),
+                            "x-ratelimit-remaining-tokens": str(max(remaining, 0)),
+                            "x-ratelimit-reset-tokens": f"{reset:.3f}s"})
+        if over_rate:
+            headers["Retry-After"] = str(max(1, ceil(reset)))
+            return headers
+        if self.max_in_flight is not None and in_flight >= self.max_in_flight:
+            return {"Retry-After": f"{self.retry_after_s:g}"}
+        self.calls.append((now, tokens))
+        self.tokens += tokens
+        return None
 
 
 _OK = b'{"ok": true}'
@@ -412,7 +512,7 @@ _INFO = _dumps({
 
 def create_app(latency_ms: float = 0.0, chunk_delay_ms: float = 0.0) -> web.Application:
     mock = MockLLM(latency_ms, chunk_delay_ms)
-    app = web.Application(client_max_size=64 * 1024 * 1024)
+    app = web.Application(client_max_size=64 * 1024 * 1024, middlewares=[mock.limit])
     app.add_routes([
         web.post("/v1/chat/completions", mock.chat_completions),
         web.get("/v1/models", mock.models),
