@@ -43,6 +43,7 @@ class TaskResponse(BaseModel):
     rows: list[dict[str, Any]] = Field(description="Input columns, output columns, `model_name`, `metadata`, `error`.")
     failed: int
     usage: UsageOut
+    seed: int = Field(description="The request's `params.seed`, drawn when omitted: send it back to repeat the run.")
 
 
 class TaskInfo(BaseModel):

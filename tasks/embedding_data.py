@@ -3,8 +3,13 @@ Models, arXiv 2401.00368): brainstorm tasks of a category, then write one exampl
 (or, for the triplet generators, per generation) as a JSON object.
 
 Attributes left null in params are drawn per row from `ctx.rng()`, so the same request
-gives the same prompts whatever the concurrency. Answers are parsed with a JSON parser
-(distilabel uses `eval`, which runs code and fails on `true`/`null`); a missing key is null.
+gives the same prompts whatever the concurrency. Answers are parsed as JSON, else as a
+Python literal (distilabel uses `eval`, which runs code and fails on `true`/`null`); a
+missing key is null.
+
+The triplet generators ask for up to TRIPLETS_PER_CALL triplets in one call where the
+backend has a native `n` (they then share the sampled attributes of the block's first
+generation, as distilabel's generations share one prompt); elsewhere one call each.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from llm_clients.base import Message
+from llm_clients.base import LLMError, Message
 
-from .base import ParseError, Task, TaskParams
+from .base import ParseError, RowContext, Task, TaskParams, TaskRun
+from .one_call import GenerationsParams, OneCallTask
 from .parsing import json_list, json_object, pick_keys
 from .rendering import render
 
@@ -31,6 +37,7 @@ UNITS = ("sentence", "phrase", "passage")
 TRIPLET_DIFFICULTIES = ("elementary school", "high school", "college")
 HIGH_SCORES = ("4", "4.5", "5")
 LOW_SCORES = ("2.5", "3", "3.5")
+TRIPLETS_PER_CALL = 16
 
 LANGUAGE = Field("English", min_length=1, max_length=64, description="Language of the generated text.")
 
@@ -80,7 +87,7 @@ class EmbeddingTaskGenerator(Task):
 
 # ---- one example per task ----
 
-class _JsonTask(Task):
+class _JsonTask(OneCallTask):
     """One call; the answer's JSON object gives the output columns."""
 
     template: ClassVar[str]
@@ -96,7 +103,7 @@ class _JsonTask(Task):
         return pick_keys(json_object(answer), self.outputs)
 
 
-class TextRetrievalParams(TaskParams):
+class TextRetrievalParams(GenerationsParams):
     language: str = LANGUAGE
     query_type: Literal[QUERY_TYPES] | None = Field(None, description="null = drawn per row.")  # type: ignore[valid-type]
     query_length: Literal[QUERY_LENGTHS] | None = Field(None, description="null = drawn per row.")  # type: ignore[valid-type]
@@ -116,7 +123,7 @@ class TextRetrievalData(_JsonTask):
                "clarity": CLARITIES, "num_words": NUM_WORDS}
 
 
-class LanguageParams(TaskParams):
+class LanguageParams(GenerationsParams):
     language: str = LANGUAGE
 
 
@@ -138,7 +145,7 @@ class LongTextMatchingData(_JsonTask):
     template = "long-text-matching-data"
 
 
-class TextClassificationParams(TaskParams):
+class TextClassificationParams(GenerationsParams):
     language: str = LANGUAGE
     difficulty: Literal[DIFFICULTIES] | None = Field(None, description="null = drawn per row.")  # type: ignore[valid-type]
     clarity: Literal[CLARITIES] | None = Field(None, description="null = drawn per row.")  # type: ignore[valid-type]
@@ -181,7 +188,7 @@ class MonolingualTripletParams(_TripletParams):
 
 
 class BitextParams(_TripletParams):
-    source_language: str = Field(..., min_length=1, max_length=64, description="Language of S1.")
+    source_language: str = Field("English", min_length=1, max_length=64, description="Language of S1.")
     target_language: str = Field(..., min_length=1, max_length=64, description="Language of S2 and S3.")
 
 
@@ -193,6 +200,35 @@ class _TripletGenerator(_JsonTask):
 
     def num_units(self, params: _TripletParams, rows: list[dict]) -> int:
         return params.num_generations
+
+    def rows_per_unit(self, params: _TripletParams) -> int:
+        return 1
+
+    def failed_outputs(self, row: dict[str, Any], params: _TripletParams) -> dict[str, Any]:
+        return {}
+
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: _TripletParams) -> dict[str, Any]:
+        return self.parse(await ctx.chat(self.format(row, params, ctx.rng())), row, params)
+
+    def unit_groups(self, run: TaskRun, units: list[int]) -> list[list[int]]:
+        if not run.llm.native_n:
+            return super().unit_groups(run, units)
+        blocks: dict[int, list[int]] = {}  # fixed blocks of indexes: the same prompts whatever the job chunks
+        for i in units:
+            blocks.setdefault(i // TRIPLETS_PER_CALL, []).append(i)
+        return list(blocks.values())
+
+    async def run_group(self, run: TaskRun, group: list[int]) -> list[tuple[int, list[dict[str, Any]]]]:
+        if not run.llm.native_n:
+            return await super().run_group(run, group)
+        ctx = run.context(group[0] // TRIPLETS_PER_CALL * TRIPLETS_PER_CALL)
+        try:
+            answers = await ctx.chat_n(self.format({}, run.params, ctx.rng()), len(group))
+            results: list = [self.parse_one(a, {}, run.params) for a in answers]
+        except LLMError as exc:
+            results = [exc] * len(group)
+        run.usage = run.usage + ctx.usage
+        return [(i, self.rows_of({}, r, ctx, run)) for i, r in zip(group, results)]
 
 
 class MonolingualTriplet(_TripletGenerator):

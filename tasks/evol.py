@@ -81,7 +81,7 @@ def user(content: str) -> list[Message]:
     return [{"role": "user", "content": content}]
 
 
-def _check_templates(value: dict[str, str] | None, placeholders: tuple[str, ...]) -> dict[str, str] | None:
+def check_templates(value: dict[str, str] | None, placeholders: tuple[str, ...]) -> dict[str, str] | None:
     if value is None:
         return None
     if not value:
@@ -107,7 +107,7 @@ class EvolParams(TaskParams):
     @field_validator("mutation_templates")
     @classmethod
     def _templates(cls, value):
-        return _check_templates(value, (PROMPT,))
+        return check_templates(value, (PROMPT,))
 
 
 class EvolInstruct(Task):
@@ -179,7 +179,7 @@ class EvolQualityParams(TaskParams):
     @field_validator("mutation_templates")
     @classmethod
     def _templates(cls, value):
-        return _check_templates(value, (PROMPT, RESPONSE))
+        return check_templates(value, (PROMPT, RESPONSE))
 
 
 class EvolQuality(Task):

@@ -31,12 +31,13 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from llm_clients.base import LLMError, Usage
+from llm_clients.errors import clean_message, row_error
 
 from .base import ParseError, RowContext, Task, TaskParams, TaskRun
-from .evol import COMPLEXITY_MUTATIONS, FRESH_START, INSTRUCT_MUTATIONS, mutate, user
+from .evol import COMPLEXITY_MUTATIONS, FRESH_START, INSTRUCT_MUTATIONS, PROMPT, check_templates, fill, mutate, user
 from .parsing import after_last_prompt
 from .rendering import render
 
@@ -48,9 +49,11 @@ def nouns() -> tuple[str, ...]:
     return tuple(w.strip() for w in NOUNS_FILE.read_text().splitlines() if w.strip())
 
 
-def fresh_prompt(rng: random.Random) -> str:
-    words = rng.sample(nouns(), rng.randint(1, 4))
-    return render("evol-fresh-start", words=", ".join(words))
+def fresh_prompt(rng: random.Random, template: str | None = None) -> str:
+    """A seed prompt with 1 to 4 random nouns: the built-in one, or `template` with the nouns
+    in place of `<PROMPT>`."""
+    words = ", ".join(rng.sample(nouns(), rng.randint(1, 4)))
+    return fill(template, words) if template is not None else render("evol-fresh-start", words=words)
 
 
 class EvolGeneratorParams(TaskParams):
@@ -60,6 +63,16 @@ class EvolGeneratorParams(TaskParams):
     max_length: int = Field(1024, ge=1, description="Longest accepted instruction, in characters.")
     max_iterations: int = Field(10, ge=1, le=1000,
                                 description="Rounds before giving up; each missing instruction is a failed row.")
+    mutation_templates: dict[str, str] | None = Field(
+        None, max_length=32,
+        description="{name: template} replacing the built-in mutations; `<PROMPT>` in a template is replaced "
+                    "by the instruction. A `FRESH_START` entry replaces the seed prompt, its `<PROMPT>` "
+                    "by the sampled nouns. null = the built-in ones.")
+
+    @field_validator("mutation_templates")
+    @classmethod
+    def _templates(cls, value):
+        return check_templates(value, (PROMPT,))
 
     @model_validator(mode="after")
     def _lengths(self):
@@ -106,13 +119,16 @@ class _EvolGenerator(Task):
     def num_units(self, params: EvolGeneratorParams, rows: list[dict]) -> int:
         return params.num_instructions
 
-    def prompt(self, slot: _Slot, rng: random.Random) -> str:
+    def prompt(self, slot: _Slot, rng: random.Random, params: EvolGeneratorParams) -> str:
+        custom = params.mutation_templates
+        fresh = custom.get(FRESH_START) if custom is not None else None
         if slot.text is None:
-            return fresh_prompt(rng)
-        name = rng.choice((*self.mutations, FRESH_START))
+            return fresh_prompt(rng, fresh)
+        names = [n for n in custom if n != FRESH_START] if custom is not None else list(self.mutations)
+        name = rng.choice((*names, FRESH_START))
         if name == FRESH_START:
-            return fresh_prompt(rng)
-        return mutate(name, slot.text)
+            return fresh_prompt(rng, fresh)
+        return fill(custom[name], slot.text) if custom is not None else mutate(name, slot.text)
 
     async def _call(self, run: TaskRun, slot: int, tally: _Tally, step: str, content: str) -> str:
         # a fresh context per call: checkpoints are keyed by (slot, step), costs go to the row's tally
@@ -138,7 +154,7 @@ class _EvolGenerator(Task):
                 text = await self._call(run, slot, tally, step, instruction)
                 emit(index, {"instruction": instruction, "answer": text}, tally, None)
             except LLMError as exc:
-                emit(index, {}, tally, {"type": "llm_error", "message": str(exc)})
+                emit(index, {}, tally, row_error(exc, run.llm))
 
         async def produce() -> None:
             n = params.num_instructions
@@ -151,7 +167,7 @@ class _EvolGenerator(Task):
 
                 async def evolve(slot: _Slot) -> str | None:
                     nonlocal last_error
-                    content = self.prompt(slot, run.context(slot.index).rng(step))
+                    content = self.prompt(slot, run.context(slot.index).rng(step), params)
                     try:
                         return after_last_prompt(await self._call(run, slot.index, slot.tally, step, content))
                     except (LLMError, ParseError) as exc:
@@ -180,8 +196,9 @@ class _EvolGenerator(Task):
                 message = (f"only {accepted} of {n} instructions had {params.min_length} to {params.max_length} "
                            f"characters after max_iterations ({params.max_iterations}) rounds")
                 if last_error is not None:
-                    message += f"; last error: {last_error}"
-                emit(index, {}, left[k].tally, {"type": "llm_error", "message": message})
+                    message += f"; last error: {clean_message(str(last_error), run.llm.name)}"
+                emit(index, {}, left[k].tally, {"type": "llm_error", "code": "llm_error", "status": None,
+                                                "message": message})
             if answering:
                 await asyncio.gather(*answering)
 

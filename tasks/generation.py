@@ -6,14 +6,14 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from llm_clients.base import Message
 
 from .base import RowContext, RowError, Task, TaskParams
 from .rendering import TemplateError, compile_user_template, render_user_template
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_TEMPLATE = "{{ instruction }}"
 
 
@@ -27,7 +27,13 @@ class TextGenerationParams(GenerationParams):
     template: str = Field(DEFAULT_TEMPLATE, max_length=100_000,
                           description="Jinja2 template of the user message, rendered sandboxed with the row's `columns`.")
     columns: list[str] = Field(["instruction"], min_length=1, max_length=64,
-                               description="Row columns the template uses (all of them, and only them).")
+                               description="Row columns the template uses (all of them, and only them); "
+                                           "one column may be given as a string.")
+
+    @field_validator("columns", mode="before")
+    @classmethod
+    def _one_column(cls, value):
+        return [value] if isinstance(value, str) else value
 
 
 class _Generation(Task):
@@ -106,13 +112,14 @@ class ChatGeneration(_Generation):
         if not isinstance(messages, list) or not messages:
             raise RowError("messages", "column 'messages' must be a non-empty list of {role, content}")
         for j, m in enumerate(messages):
-            if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(m.get("content"), str):
-                raise RowError("messages", f"messages[{j}] must be {{role: one of {list(ROLES)}, content: string}}")
+            if not isinstance(m, dict) or m.get("role") not in ROLES or not _content_ok(m):
+                raise RowError("messages", f"messages[{j}] must be {{role: one of {list(ROLES)}, content: a string "
+                                           f"or a list of content parts}} (null content: assistant only)")
         if messages[-1]["role"] != "user":
             raise RowError("messages", "the last message must be from the user")
 
     def format(self, row: dict[str, Any], params: GenerationParams, rng: random.Random) -> list[Message]:
-        messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
+        messages = [dict(m) for m in row["messages"]]  # passed through: content parts, tool calls and all
         system = self.system_prompt(row, params)
         if system:
             # the row's (or param's) system prompt replaces one already in the conversation
@@ -121,6 +128,13 @@ class ChatGeneration(_Generation):
 
     async def run(self, ctx: RowContext, row: dict[str, Any], params: GenerationParams):
         return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
+
+
+def _content_ok(message: dict[str, Any]) -> bool:
+    content = message.get("content")
+    if content is None:
+        return message["role"] == "assistant"  # e.g. one that only calls tools
+    return isinstance(content, str) or (isinstance(content, list) and all(isinstance(p, dict) for p in content))
 
 
 TASKS = (TextGeneration(), ChatGeneration())

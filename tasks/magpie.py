@@ -24,7 +24,10 @@ from llm_clients.base import GenerationKwargs, LLMError, Message
 from .base import ParseError, RowContext, RowError, Task, TaskParams
 from .rendering import render
 
-SystemPrompts = str | list[str] | dict[str, float | tuple[str, float]]
+# a prompt; a list to draw from; {name: prompt} to draw from uniformly (the name goes to
+# system_prompt_key); {prompt: weight} by relative weight; {name: [prompt, p]} by
+# probabilities that sum to 1 (distilabel's forms, and ours)
+SystemPrompts = str | list[str] | dict[str, str | float | tuple[str, float]]
 CHATML_END = "<|im_end|>"
 # the end-of-turn token that follows a message in a rendered template: <|im_end|>,
 # <|eot_id|>, <end_of_turn>, </s>, ... (else the first line of what follows, e.g. [/INST])
@@ -38,9 +41,10 @@ class MagpieParams(TaskParams):
         False, description="Keep the system prompt: a `system_prompt` column, and first in `conversation`.")
     only_instruction: bool = Field(False, description="One call: the user message only (`instruction`).")
     system_prompt: SystemPrompts | None = Field(
-        None, description="When a row has no `system_prompt`: a string, a list to draw from, or a dict "
-                          "{prompt: weight} / {name: [prompt, weight]} to draw from by weight "
-                          "(the key drawn goes to `system_prompt_key`).")
+        None, description="When a row has no `system_prompt`: a string, a list to draw from, or a dict to "
+                          "draw from: {name: prompt} (uniformly), {prompt: weight} (by relative weight) or "
+                          "{name: [prompt, probability]} (probabilities summing to 1); the key drawn goes "
+                          "to `system_prompt_key`.")
 
     @field_validator("system_prompt")
     @classmethod
@@ -48,9 +52,20 @@ class MagpieParams(TaskParams):
         if isinstance(value, list) and not value:
             raise ValueError("an empty list of system prompts")
         if isinstance(value, dict):
-            weights = [_weight(v) for v in value.values()]
-            if not weights or any(w < 0 for w in weights) or sum(weights) <= 0:
+            values = list(value.values())
+            if not values:
+                raise ValueError("an empty dict of system prompts")
+            if len({type(v) for v in values}) > 1:
+                raise ValueError("use one form for every system prompt of the dict: {name: prompt}, "
+                                 "{prompt: weight} or {name: [prompt, probability]}")
+            if isinstance(values[0], str):
+                return value
+            weights = [_weight(v) for v in values]
+            if any(w < 0 for w in weights) or sum(weights) <= 0:
                 raise ValueError("system prompt weights must be >= 0 and not all 0")
+            if isinstance(values[0], tuple) and abs(sum(weights) - 1) > 1e-6:
+                raise ValueError(f"the probabilities of {{name: [prompt, probability]}} must sum to 1, "
+                                 f"not {sum(weights):g}")
         return value
 
 
@@ -69,6 +84,9 @@ def draw_system_prompt(param: SystemPrompts | None, rng) -> tuple[str | None, st
     if isinstance(param, list):
         return rng.choice(param), None
     keys = list(param)
+    if isinstance(param[keys[0]], str):
+        key = rng.choice(keys)
+        return param[key], key
     key = rng.choices(keys, weights=[_weight(param[k]) for k in keys])[0]
     value = param[key]
     return (key if isinstance(value, int | float) else value[0]), key
@@ -138,6 +156,10 @@ class Magpie(Task):
         if isinstance(params.system_prompt, dict):
             cols += ("system_prompt_key",)
         return cols
+
+    def failed_outputs(self, row: dict[str, Any], params: MagpieParams) -> dict[str, Any]:
+        # distilabel's: an empty conversation rather than none
+        return {"conversation": []} if "conversation" in self.output_columns(params) else {}
 
     def check_row(self, row: dict[str, Any], params: MagpieParams) -> None:
         sp = row.get("system_prompt")

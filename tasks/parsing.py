@@ -5,7 +5,9 @@ rules") live here and nowhere else.
 
 from __future__ import annotations
 
+import ast
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -92,38 +94,98 @@ _FENCE = re.compile(r"```[ \t]*(?:json|JSON|javascript|js)?[ \t]*\n(.*?)```", re
 
 
 def _json_values(answer: str, kind: type) -> Iterable[Any]:
-    """Candidate JSON values of type `kind` in an answer: fenced blocks first, then the
-    whole answer, then each `{` / `[` where a value starts. JSON only, never eval."""
+    """Candidate values of type `kind` in an answer: fenced blocks first, then the whole
+    answer, then each `{` / `[` where a value starts; JSON first, then the same places
+    read as Python literals (`['A', 'B']`, `{'k': None}`), which models write too. Never
+    eval: `ast.literal_eval` reads literals only, and only JSON-shaped ones are kept."""
     decoder = json.JSONDecoder()
     texts = [m.group(1).strip() for m in _FENCE.finditer(answer)] + [answer.strip()]
     for text in texts:
         try:
             value = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting
             continue
         if isinstance(value, kind):
             yield value
     opener = "{" if kind is dict else "["
-    start = answer.find(opener)
-    while start >= 0:
+    starts = [i for i, c in enumerate(answer) if c == opener]
+    for start in starts:
         try:
             value, _ = decoder.raw_decode(answer, start)
         except ValueError:
             value = None
+        except RecursionError:  # hostile nesting: every later opening would recurse as deep
+            break
         if isinstance(value, kind):
             yield value
-        start = answer.find(opener, start + 1)
+    closer = "}" if kind is dict else "]"
+    spans = texts + [answer[s:e + 1] for s in starts[:_MAX_LITERALS] if (e := _closing(answer, s, closer)) > 0]
+    for text in spans:
+        value = _literal(text)
+        if isinstance(value, kind):
+            yield value
+
+
+_MAX_LITERALS = 16  # bracket openings tried as Python literals: the scan is linear, the tries are not
+_MAX_LITERAL_CHARS = 200_000
+
+
+def _closing(text: str, start: int, closer: str) -> int:
+    """The index of the bracket that closes the one at `start`, skipping quoted strings;
+    -1 when it is not closed."""
+    depth, quote, i = 0, None, start
+    while i < len(text):
+        c = text[i]
+        if quote:
+            if c == "\\":
+                i += 1
+            elif c == quote:
+                quote = None
+        elif c in "'\"":
+            quote = c
+        elif c in "[{(":
+            depth += 1
+        elif c in "]})":
+            depth -= 1
+            if depth == 0:
+                return i if c == closer else -1
+        i += 1
+    return -1
+
+
+def _literal(text: str) -> Any:
+    """`text` as a Python literal made of JSON types (tuples read as lists), else None."""
+    if not text or text[0] not in "[{" or len(text) > _MAX_LITERAL_CHARS:
+        return None
+    try:
+        return _as_json(ast.literal_eval(text))
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None
+
+
+def _as_json(value: Any) -> Any:
+    if value is None or isinstance(value, str | bool | int):
+        return value
+    if isinstance(value, float) and math.isfinite(value):
+        return value
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _as_json(v) for k, v in value.items()}
+    raise TypeError(f"not a JSON value: {type(value).__name__}")
 
 
 def json_object(answer: str) -> dict[str, Any]:
-    """The JSON object in an answer, bare or in a fenced block (the first one found)."""
+    """The JSON object in an answer, bare or in a fenced block (the first one found), or
+    else a Python dict literal."""
     for value in _json_values(answer, dict):
         return value
     raise ParseError("the answer holds no JSON object")
 
 
 def json_list(answer: str) -> list[Any]:
-    """The JSON list in an answer, bare or in a fenced block (the first one found)."""
+    """The JSON list in an answer, bare or in a fenced block (the first one found), or
+    else a Python list literal."""
     for value in _json_values(answer, list):
         return value
     raise ParseError("the answer holds no JSON list")

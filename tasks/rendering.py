@@ -59,7 +59,8 @@ def compile_user_template(source: str, columns: tuple[str, ...]) -> jinja2.Templ
     unknown = sorted(used - set(columns))
     if unknown:
         raise TemplateError(f"template uses {', '.join(unknown)}, which is not among the columns {list(columns)}")
-    return env.from_string(source)
+    # users' templates render as distilabel's do: a block tag keeps its line's newline
+    return env.overlay(trim_blocks=False, lstrip_blocks=False).from_string(source)
 
 
 def render_user_template(template: jinja2.Template, row: dict[str, Any]) -> str:

@@ -1,6 +1,7 @@
 """complexity-scorer and quality-scorer (DEITA, arXiv 2312.15685): rank a list of
 instructions by complexity, or of responses by quality, in one call per row. Scores are
-read by the index in `[i] Score: x`, never by line position."""
+read by the index in `[i] Score: x`, never by line position; a row without scores (an
+unreadable answer, a failed call) has `scores` null at every position, as distilabel's."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from llm_clients.base import Message
 
-from .base import RowError, Task
+from .base import RowError
+from .one_call import GenerationsParams, OneCallTask
 from .parsing import scores_by_index
 from .rendering import render
 
@@ -27,13 +29,26 @@ def _check_list(row: dict[str, Any], col: str) -> None:
             raise RowError(col, f"{col}[{j}] must be a string")
 
 
-class ComplexityScorer(Task):
+class ScorerParams(GenerationsParams):
+    """The params of both scorers."""
+
+
+class _Scorer(OneCallTask[ScorerParams]):
+    outputs = ("scores",)
+    Params = ScorerParams
+    items: str  # the list column scored
+
+    def empty_outputs(self, row: dict[str, Any], params: ScorerParams) -> dict[str, Any]:
+        return {"scores": [None] * len(row[self.items])}
+
+
+class ComplexityScorer(_Scorer):
     name = "complexity-scorer"
     description = "DEITA complexity scores: rank a row's `instructions` by difficulty, one score each."
     inputs = ("instructions",)
-    outputs = ("scores",)
+    items = "instructions"
 
-    def check_row(self, row: dict[str, Any], params) -> None:
+    def check_row(self, row: dict[str, Any], params: ScorerParams) -> None:
         _check_list(row, "instructions")
 
     def format(self, row: dict[str, Any], params, rng: random.Random) -> list[Message]:
@@ -43,11 +58,11 @@ class ComplexityScorer(Task):
         return {"scores": scores_by_index(answer, len(row["instructions"]))}
 
 
-class QualityScorer(Task):
+class QualityScorer(_Scorer):
     name = "quality-scorer"
     description = "DEITA quality scores: rank a row's `responses` to its `instruction` by quality, one score each."
     inputs = ("instruction", "responses")
-    outputs = ("scores",)
+    items = "responses"
 
     def check_row(self, row: dict[str, Any], params) -> None:
         instruction = row.get("instruction")

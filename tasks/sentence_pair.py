@@ -1,6 +1,6 @@
 """generate-sentence-pair: sentence-transformers training data. From an anchor, a positive
 sentence (a paraphrase, a similar sentence, a query for it or an answer to it) and, for
-triplets, a negative one. One call per row."""
+triplets, a negative one. One call per row (`num_generations` answers)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from pydantic import Field
 
 from llm_clients.base import Message
 
-from .base import ParseError, Task, TaskParams
+from .base import ParseError
+from .one_call import GenerationsParams, OneCallTask
 from .parsing import markdown_sections
 from .rendering import render
 
@@ -24,7 +25,7 @@ ACTIONS = {
 }
 
 
-class SentencePairParams(TaskParams):
+class SentencePairParams(GenerationsParams):
     action: Literal["paraphrase", "semantically-similar", "query", "answer"] = Field(
         ..., description="What the positive sentence is to the anchor.")
     triplet: bool = Field(False, description="Also write a negative sentence.")
@@ -32,7 +33,7 @@ class SentencePairParams(TaskParams):
     context: str = Field("", max_length=20_000, description="Context the sentences should take into account.")
 
 
-class GenerateSentencePair(Task):
+class GenerateSentencePair(OneCallTask[SentencePairParams]):
     name = "generate-sentence-pair"
     description = ("Sentence-transformers pairs or triplets: from an `anchor`, a `positive` sentence "
                    "(and with `triplet` a `negative` one).")
@@ -51,11 +52,11 @@ class GenerateSentencePair(Task):
 
     def parse(self, answer: str, row: dict[str, Any], params: SentencePairParams) -> dict[str, Any]:
         sections = markdown_sections(answer)
-        wanted = self.output_columns(params)
-        missing = [f"'## {c.capitalize()}'" for c in wanted if not sections.get(c)]
-        if missing:
-            raise ParseError(f"the answer has no {' or '.join(missing)} section")
-        return {c: sections[c] for c in wanted}
+        outputs = {c: sections.get(c) or None for c in self.output_columns(params)}
+        missing = [f"'## {c.capitalize()}'" for c, text in outputs.items() if text is None]
+        if missing:  # what was written is kept: a positive without its negative is still paid for
+            raise ParseError(f"the answer has no {' or '.join(missing)} section", outputs=outputs)
+        return outputs
 
 
 TASKS = (GenerateSentencePair(),)

@@ -49,7 +49,8 @@ async def run_task(name: str, body: TaskRequest, request: Request, state: StateD
     ordered = [rows[i] for i in sorted(rows)]
     failed = sum(r["error"] is not None for r in ordered)
     state.metrics.count_rows(task.name, len(ordered), failed)
-    return JSONResponse({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict()})
+    return JSONResponse({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict(),
+                         "seed": run.params.seed})
 
 
 async def task_events(task: Task, run: TaskRun, *, tokens: bool, metrics=None) -> AsyncIterator[bytes]:
@@ -67,7 +68,8 @@ async def task_events(task: Task, run: TaskRun, *, tokens: bool, metrics=None) -
                 count += 1
                 failed += row["error"] is not None
                 events.put_nowait(sse.encode("row", {"index": index, "row": row}, id=index))
-            events.put_nowait(sse.encode("done", {"rows": count, "failed": failed, "usage": run.usage.as_dict()}))
+            events.put_nowait(sse.encode("done", {"rows": count, "failed": failed, "usage": run.usage.as_dict(),
+                                                  "seed": run.params.seed}))
         except SynthserveError as exc:
             events.put_nowait(sse.encode("error", {"detail": exc.detail}))
         except Exception as exc:

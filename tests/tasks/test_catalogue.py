@@ -28,7 +28,7 @@ CATALOGUE = {
     "long-text-matching-data": (["task"], False, []),
     "text-classification-data": (["task"], False, []),
     "monolingual-triplet": ([], True, []),
-    "bitext-retrieval": ([], True, ["source_language", "target_language"]),
+    "bitext-retrieval": ([], True, ["target_language"]),
     "magpie": (["system_prompt"], False, []),
     "magpie-generator": ([], True, ["num_rows"]),
 }
@@ -45,7 +45,8 @@ async def test_every_task_is_listed(service):
 async def test_params_schema(service, name):
     detail = (await service.get(f"/tasks/{name}")).json()
     schema = detail["params_schema"]
-    assert schema["properties"]["seed"]["default"] == 42
+    seed = schema["properties"]["seed"]
+    assert "default" not in seed and "drawn per request" in seed["description"]
     assert sorted(schema.get("required", [])) == sorted(CATALOGUE[name][2])
 
 
@@ -157,12 +158,13 @@ async def test_evol_generator_as_a_job(service, mock):
 
 
 async def test_same_request_same_rows(service, mock):
-    """A whole request repeated gives the same prompts (seeded per row and step)."""
+    """A whole request repeated with the seed it was answered with gives the same prompts
+    (seeded per row and step)."""
     rows = [{"instruction": f"q{i}"} for i in range(6)]
     mock.script([{"reply": "Prompt#: e"}])
-    await run_task(service, "evol-instruct", rows, {"num_evolutions": 2})
+    seed = (await run_task(service, "evol-instruct", rows, {"num_evolutions": 2}))["seed"]
     first = sorted(chat_prompts(mock.requests()))
     mock.reset()
     mock.script([{"reply": "Prompt#: e"}])
-    await run_task(service, "evol-instruct", rows, {"num_evolutions": 2})
-    assert sorted(chat_prompts(mock.requests())) == first
+    again = await run_task(service, "evol-instruct", rows, {"num_evolutions": 2, "seed": seed})
+    assert again["seed"] == seed and sorted(chat_prompts(mock.requests())) == first

@@ -136,7 +136,9 @@ async def test_a_chat_only_backend_is_422_without_calls(service, mock):
 
 @pytest.mark.parametrize("params", [
     {"n_turns": 0}, {"system_prompt": []}, {"system_prompt": {"a": -1}}, {"system_prompt": {"a": 0}},
-    {"system_prompt": 5},
+    {"system_prompt": 5}, {"system_prompt": {}},
+    {"system_prompt": {"a": ["x", 0.5], "b": ["y", 0.6]}},  # probabilities must sum to 1, as distilabel's
+    {"system_prompt": {"a": "x", "b": 1}},                  # one form per dict
 ])
 async def test_invalid_params_are_422_without_calls(tgi_service, mock, params):
     response = await tgi_service.post("/tasks/magpie", json={"rows": [{}], "params": params})

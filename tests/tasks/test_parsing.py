@@ -75,13 +75,20 @@ def test_markdown_sections(answer, expected):
     ('The object is {"a": "has } brace"} and more text {', {"a": "has } brace"}),
     ('{broken {"a": 2}', {"a": 2}),
     ('[1, 2] then {"a": 3}', {"a": 3}),
+    # Python literals, after any JSON: read with ast.literal_eval, never eval
+    ("{'a': 1}", {"a": 1}),
+    ("Sure! {'a': None, 'b': True, 'c': ('x', 2.5)} ok", {"a": None, "b": True, "c": ["x", 2.5]}),
+    ("```python\n{'q': \"it's\", 'k': '}'}\n```", {"q": "it's", "k": "}"}),
+    ("{'a': 1} and then {\"b\": 2}", {"b": 2}),  # JSON first
 ])
 def test_json_object(answer, expected):
     assert json_object(answer) == expected
 
 
 @pytest.mark.parametrize("answer", [
-    "", "no json here", "[1, 2, 3]", "{'a': 1}", "{\"a\": 1", "__import__('os').system('true')",
+    "", "no json here", "[1, 2, 3]", "{\"a\": 1", "__import__('os').system('true')",
+    "{'a': __import__('os').system('true')}", "{'a': {1, 2}}", "{1: 'not a str key'}", "{'a': 1e999}",
+    "{'a': b'bytes'}", "[" * 5000, "{'a': " * 5000,
 ])
 def test_json_object_missing_is_a_parse_error(answer):
     with pytest.raises(ParseError):
@@ -92,12 +99,14 @@ def test_json_object_missing_is_a_parse_error(answer):
     ('["a", "b"]', ["a", "b"]),
     ('Tasks:\n```json\n["a",\n "b"]\n```', ["a", "b"]),
     ('Here: ["x"] done', ["x"]),
+    ("[ 'A', 'B', 'C' ]", ["A", "B", "C"]),  # distilabel's own fixture
+    ("Tasks: ['it\\'s', \"b]\"] done", ["it's", "b]"]),
 ])
 def test_json_list(answer, expected):
     assert json_list(answer) == expected
 
 
-@pytest.mark.parametrize("answer", ["", "- a\n- b", '{"a": 1}', "['single', 'quotes']"])
+@pytest.mark.parametrize("answer", ["", "- a\n- b", '{"a": 1}', "['open'", "[print('x')]"])
 def test_json_list_missing_is_a_parse_error(answer):
     with pytest.raises(ParseError):
         json_list(answer)

@@ -36,7 +36,7 @@ async def test_no_scores_is_a_parse_error(service, mock):
     mock.script([{"reply": "They are all equally complex."}])
     out = await run_task(service, "complexity-scorer", [{"instructions": ["a", "b"]}])
     (row,) = out["rows"]
-    assert row["scores"] is None and row["error"]["type"] == "parse_error"
+    assert row["scores"] == [None, None] and row["error"]["type"] == "parse_error"  # as distilabel's
 
 
 @pytest.mark.parametrize("task, row", [

@@ -45,16 +45,19 @@ async def test_triplet_with_context_and_hard_negative(service, mock):
     assert user["content"] == "## Context\nPets.\n\n## Anchor\nThe cat sat on the mat."
 
 
-@pytest.mark.parametrize("reply, triplet", [
-    ("A feline rested on the rug.", False),                 # no sections at all
-    ("## Positive\nA feline rested on the rug.", True),     # the negative is missing
-    ("## Positive\n\n## Negative\nx", True),                # an empty positive
+@pytest.mark.parametrize("reply, triplet, expected, missing", [
+    ("A feline rested on the rug.", False, {"positive": None}, "'## Positive'"),    # no sections at all
+    ("## Positive\nA feline rested on the rug.", True,                              # the negative is missing:
+     {"positive": "A feline rested on the rug.", "negative": None}, "'## Negative'"),  # the positive is kept
+    ("## Positive\n\n## Negative\nx", True, {"positive": None, "negative": "x"}, "'## Positive'"),  # an empty one
 ])
-async def test_missing_sections_are_parse_errors(service, mock, reply, triplet):
+async def test_missing_sections_are_parse_errors(service, mock, reply, triplet, expected, missing):
     mock.script([{"reply": reply}])
     out = await run_task(service, "generate-sentence-pair", [{"anchor": "a"}],
                          {"action": "paraphrase", "triplet": triplet})
-    assert out["rows"][0]["error"]["type"] == "parse_error" and out["rows"][0]["positive"] is None
+    (row,) = out["rows"]
+    assert row["error"]["type"] == "parse_error" and missing in row["error"]["message"]
+    assert {k: row[k] for k in expected} == expected and out["failed"] == 1
 
 
 @pytest.mark.parametrize("params", [{}, {"action": "summarize"}, {"action": "query", "triplet": "maybe"}])
