@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .limits import CallPolicy, LLMError
 from .ratelimit import estimate_tokens
+from .ratelimit import estimate_tokens
 
 __all__ = [
     "Capability", "Completion", "GenerationKwargs", "LLMClient", "LLMError", "Message", "Usage",
@@ -30,12 +31,16 @@ T = TypeVar("T")
 class Usage:
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0  # at the backend's price_*_per_mtok; nothing for answers from the cache
+    cached_calls: int = 0  # calls answered from the call cache (llm_clients.cache)
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens)
+        return Usage(self.input_tokens + other.input_tokens, self.output_tokens + other.output_tokens,
+                     self.cost_usd + other.cost_usd, self.cached_calls + other.cached_calls)
 
-    def as_dict(self) -> dict[str, int]:
-        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+    def as_dict(self) -> dict[str, Any]:
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                "cost_usd": round(self.cost_usd, 9), "cached_calls": self.cached_calls}
 
 
 @dataclass(slots=True)

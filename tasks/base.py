@@ -315,7 +315,8 @@ class Task(Generic[P]):
             out[col] = outputs.get(col)
         for col, value in outputs.items():  # extra outputs a task chose to add
             out.setdefault(col, value)
-        metadata: dict[str, Any] = {"usage": ctx.usage.as_dict(), "llm_calls": ctx.llm_calls}
+        metadata: dict[str, Any] = {"usage": ctx.usage.as_dict(), "llm_calls": ctx.llm_calls,
+                                    "cached_calls": ctx.usage.cached_calls}
         if run.include_raw:
             metadata["raw_input"] = ctx.raw_input
             metadata["raw_output"] = ctx.raw_output

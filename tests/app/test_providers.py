@@ -16,7 +16,7 @@ async def test_text_and_chat_generation(mock, provider):
             "rows": [{"instruction": "first question"}, {"instruction": "second question"}],
             "llm": {"generation_kwargs": {"max_new_tokens": 50, "temperature": 0.5}}})).json()
         assert [r["generation"] for r in body["rows"]] == ["Echo: first question", "Echo: second question"]
-        assert body["usage"] == {"input_tokens": 4, "output_tokens": 6}
+        assert body["usage"] == {"input_tokens": 4, "output_tokens": 6, "cost_usd": 0.0, "cached_calls": 0}
         chat = (await client.post("/tasks/chat-generation", json={
             "rows": [{"messages": [{"role": "user", "content": "hello there"}]}]})).json()
         assert chat["rows"][0]["generation"] == "Echo: hello there" and chat["failed"] == 0

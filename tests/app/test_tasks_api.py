@@ -41,8 +41,8 @@ async def test_twenty_rows_in_order_with_extra_columns(service, mock):
         assert meta["llm_calls"] == 1
         assert meta["raw_input"] == [{"role": "user", "content": f"question number {i}"}]
         assert meta["raw_output"] == row["generation"]
-        assert meta["usage"] == {"input_tokens": 3, "output_tokens": 4}
-    assert body["usage"] == {"input_tokens": 60, "output_tokens": 80}
+        assert meta["usage"] == {"input_tokens": 3, "output_tokens": 4, "cost_usd": 0.0, "cached_calls": 0}
+    assert body["usage"] == {"input_tokens": 60, "output_tokens": 80, "cost_usd": 0.0, "cached_calls": 0}
     assert mock.stats()["requests"] == 20
 
 
@@ -133,7 +133,7 @@ async def test_num_generations_and_grouping(service, mock):
 async def test_include_raw_false(service):
     out = (await service.post("/tasks/text-generation",
                               json={"rows": rows_of(1), "include_raw": False})).json()["rows"][0]
-    assert set(out["metadata"]) == {"usage", "llm_calls"}
+    assert set(out["metadata"]) == {"usage", "llm_calls", "cached_calls"}
 
 
 async def test_chat_generation(service, mock):
@@ -214,7 +214,7 @@ async def test_sse_rows_then_done(service, mock):
     assert by_index[2]["error"]["type"] == "llm_error" and by_index[1]["generation"] == "Echo: question number 1"
     done = events[-1].json()
     assert isinstance(done.pop("seed"), int)  # drawn for the request, as none was sent
-    assert done == {"rows": 4, "failed": 1, "usage": {"input_tokens": 9, "output_tokens": 12}}
+    assert done == {"rows": 4, "failed": 1, "usage": {"input_tokens": 9, "output_tokens": 12, "cost_usd": 0.0, "cached_calls": 0}}
 
 
 async def test_accept_header_selects_sse(service):

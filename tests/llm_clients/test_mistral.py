@@ -35,7 +35,7 @@ async def test_answer_and_usage(client, mock):
     (completion,) = await client.chat(USER, NO_KWARGS)
     assert completion.text == "Echo: hello there"
     assert completion.model == MODEL
-    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3}
+    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3, "cost_usd": 0.0, "cached_calls": 0}
     assert completion.finish_reason == "stop"
     (logged,) = mock.requests()
     assert logged["route"] == "/v1/chat/completions"
@@ -66,8 +66,8 @@ async def test_native_n_is_one_call(client, mock):
     completions = await client.chat(USER, NO_KWARGS, n=2)
     assert [c.text for c in completions] == ["one", "two words"]
     assert mock.stats()["requests"] == 1 and mock.requests()[0]["body"]["n"] == 2
-    assert completions[0].usage.as_dict() == {"input_tokens": 2, "output_tokens": 3}
-    assert completions[1].usage.as_dict() == {"input_tokens": 0, "output_tokens": 0}
+    assert completions[0].usage.as_dict() == {"input_tokens": 2, "output_tokens": 3, "cost_usd": 0.0, "cached_calls": 0}
+    assert completions[1].usage.as_dict() == {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cached_calls": 0}
 
 
 async def test_stream_deltas_make_the_text(client, mock):
@@ -75,7 +75,7 @@ async def test_stream_deltas_make_the_text(client, mock):
     completion = await client.stream_chat(USER, NO_KWARGS, on_delta=deltas.append)
     assert len(deltas) == 3
     assert "".join(deltas) == completion.text == "Echo: hello there"
-    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3}
+    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3, "cost_usd": 0.0, "cached_calls": 0}
     assert completion.finish_reason == "stop"
     assert mock.requests()[0]["body"]["stream"] is True
 

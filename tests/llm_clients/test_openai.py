@@ -31,7 +31,7 @@ async def test_answer_and_usage(client, mock):
     (completion,) = await client.chat(USER, NO_KWARGS)
     assert completion.text == "Echo: hello there"
     assert completion.model == MODEL
-    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3}
+    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3, "cost_usd": 0.0, "cached_calls": 0}
     assert completion.finish_reason == "stop"
     (logged,) = mock.requests()
     assert logged["route"] == "/v1/chat/completions"
@@ -83,8 +83,8 @@ async def test_native_n_is_one_call(client, mock):
     assert mock.stats()["requests"] == 1
     assert mock.requests()[0]["body"]["n"] == 3
     # the call's usage is counted once: on the first completion
-    assert completions[0].usage.as_dict() == {"input_tokens": 2, "output_tokens": 6}
-    assert all(c.usage.as_dict() == {"input_tokens": 0, "output_tokens": 0} for c in completions[1:])
+    assert completions[0].usage.as_dict() == {"input_tokens": 2, "output_tokens": 6, "cost_usd": 0.0, "cached_calls": 0}
+    assert all(c.usage.as_dict() == {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cached_calls": 0} for c in completions[1:])
 
 
 async def test_stream_deltas_make_the_text(client, mock):
@@ -92,7 +92,7 @@ async def test_stream_deltas_make_the_text(client, mock):
     completion = await client.stream_chat(USER, GenerationKwargs(max_new_tokens=50), on_delta=deltas.append)
     assert len(deltas) == 3
     assert "".join(deltas) == completion.text == "Echo: hello there"
-    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3}
+    assert completion.usage.as_dict() == {"input_tokens": 2, "output_tokens": 3, "cost_usd": 0.0, "cached_calls": 0}
     assert completion.finish_reason == "stop" and completion.model == MODEL
     body = mock.requests()[0]["body"]
     assert body["stream"] is True and body["stream_options"] == {"include_usage": True}

@@ -1,0 +1,120 @@
+"""Never pay twice, never overspend (docs/api.md, "LLM-call cache" and "Spend and rate
+limits"), for one process: the call cache and the rpm/tpm buckets on the jobs' Redis,
+back-pressure on a backend's queue of waiting calls, and `dry_run` estimates.
+
+    cache.py (llm_clients)      the cache and the per-request client that prices calls
+    ratelimit.py (llm_clients)  the shared token buckets
+    adaptive.py (llm_clients)   the adaptive in-flight limit
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llm_clients import Completion, GenerationKwargs, LLMClient, Message, Usage
+from llm_clients.cache import CacheMode, CachedClient, CallCache
+from llm_clients.ratelimit import RateLimiter, estimate_tokens
+from tasks import Task, TaskRun
+
+from .config import Settings
+from .errors import SynthserveError
+
+# max_output_tokens of a call that gives no max_new_tokens (the local backend's default)
+DEFAULT_MAX_NEW_TOKENS = 256
+
+
+class Overloaded(SynthserveError):
+    """429: a backend has more calls waiting than [server] max_queued_calls."""
+
+    status_code = 429
+
+
+class Spend:
+    """What a process (the API or a worker) holds for the cache and the limits."""
+
+    def __init__(self, settings: Settings, cache: CallCache | None):
+        self.settings = settings
+        self.cache = cache
+
+    @classmethod
+    def open(cls, settings: Settings, backends: Mapping[str, LLMClient], redis: Any) -> Spend:
+        """Attach the shared rate limits to the backends' policies and open the cache, on
+        `redis` (a `redis.asyncio` client the caller closes)."""
+        for name, client in backends.items():
+            config = settings.backends.get(name)
+            if config is not None and (config.rpm or config.tpm):
+                client.policy.rate = RateLimiter(redis, name, rpm=config.rpm, tpm=config.tpm)
+        cache = settings.cache
+        return cls(settings, CallCache(redis, ttl_s=cache.ttl_days * 86400, enabled=cache.enabled))
+
+    def client(self, llm: LLMClient, mode: CacheMode | bool | None) -> CachedClient:
+        """The client one request or job runs on: cached (unless `mode` says not) and priced."""
+        if self.cache is None:
+            return CachedClient(llm, None, "off")
+        return self.cache.client(llm, mode)
+
+    def admit(self, llm: LLMClient) -> None:
+        """Refuse new work for a backend whose queue of waiting calls is already too deep."""
+        waiting = llm.policy.slots.waiting
+        if waiting > self.settings.server.max_queued_calls:
+            raise Overloaded(f"backend {llm.name!r} has {waiting} calls waiting (more than "
+                             f"[server] max_queued_calls = {self.settings.server.max_queued_calls}); "
+                             "retry later", headers={"Retry-After": "1"})
+
+
+async def estimate(task: Task, run: TaskRun) -> dict[str, Any]:
+    """`dry_run`: the request run against a client that answers every call with nothing
+    and counts it; calls, input tokens (about 4 characters a token), the most output
+    tokens they may produce, and what that would cost at the backend's prices. Multi-step
+    tasks whose later calls depend on the answers are counted with empty answers."""
+    dry = DryRunClient(run.llm)
+    run.llm = dry  # type: ignore[assignment]
+    async for _ in task.stream(run):
+        pass
+    config = dry.config
+    cost = (dry.input_tokens * getattr(config, "price_input_per_mtok", 0.0)
+            + dry.max_output_tokens * getattr(config, "price_output_per_mtok", 0.0)) / 1e6
+    return {"calls": dry.calls, "input_tokens": dry.input_tokens, "max_output_tokens": dry.max_output_tokens,
+            "cost_usd": round(cost, 9)}
+
+
+class DryRunClient:
+    """Stands in for a backend in `estimate`: no call leaves the process."""
+
+    def __init__(self, llm: LLMClient):
+        self._llm = llm
+        self.calls = 0
+        self.input_tokens = 0
+        self.max_output_tokens = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    def _count(self, content: Any, kwargs: GenerationKwargs | None, n: int) -> Usage:
+        tokens = estimate_tokens(content)
+        calls = 1 if self._llm.native_n else n
+        self.calls += calls
+        self.input_tokens += tokens * calls
+        if kwargs is not None:
+            self.max_output_tokens += (kwargs.max_new_tokens or DEFAULT_MAX_NEW_TOKENS) * n
+        return Usage(tokens * calls, 0)
+
+    async def chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
+                   model: str | None = None, n: int = 1) -> list[Completion]:
+        usage = self._count(messages, kwargs, n)
+        return [Completion("", model or self.model, usage if i == 0 else Usage()) for i in range(n)]
+
+    async def stream_chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
+                          model: str | None = None, on_delta=None) -> Completion:
+        return Completion("", model or self.model, self._count(messages, kwargs, 1))
+
+    async def complete(self, prompt: str, kwargs: GenerationKwargs, *, model: str | None = None) -> Completion:
+        return Completion("", model or self.model, self._count(prompt, kwargs, 1))
+
+    async def embed(self, inputs: list[Any]) -> list[list[float]]:
+        self._count(inputs, None, 1)
+        return [[0.0] for _ in inputs]
+
+    async def apply_chat_template(self, messages: list[Message]) -> str:
+        return "".join(str(m.get("content", "")) for m in messages)

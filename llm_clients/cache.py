@@ -1,0 +1,237 @@
+"""The content-addressed cache of LLM calls (docs/api.md, "LLM-call cache"), and the
+per-request client that reads and writes it and prices every call.
+
+A key hashes everything that decides an answer: the backend's provider, base URL and
+model, the call kind, the exact messages / prompt / inputs, the generation kwargs (the
+structured-output schema included), `n`, and the call's occurrence number: the k-th
+identical call in one request or job gets the k-th stored answer, so asking twice for the
+same prompt still gives two samples, and a re-run of the request gets the same two back.
+
+CachedClient wraps the process's shared LLMClient for one request or job (occurrences are
+counted per wrapper) and stands in for it everywhere a task takes a client. It prices
+every completion from the backend's `price_*_per_mtok`; an answer served from the cache
+costs nothing and counts in `usage.cached_calls`.
+
+Lookups from calls started in the same event-loop turn go to Redis as one MGET, and
+stores as one pipeline: a thousand concurrent rows cost a few round trips, not two
+thousand (the cache's cost at 0 ms backend latency is in bench/cache_and_limits.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
+
+log = logging.getLogger("synthserve.cache")
+
+CacheMode = Literal["on", "off", "refresh"]
+KEY_PREFIX = "synthserve:cache:"
+
+
+class CallCache:
+    """The store on one Redis (`redis.asyncio` client), shared by the process's requests
+    and jobs. `hits` and `misses` are read by /metrics."""
+
+    def __init__(self, redis: Any, *, ttl_s: float, enabled: bool = True):
+        self.redis = redis
+        self.ttl_ms = int(ttl_s * 1000)
+        self.enabled = enabled
+        self.hits = 0
+        self.misses = 0
+        self._gets = _Batch(self._mget)
+        self._puts = _Batch(self._mset)
+
+    def client(self, llm: LLMClient, mode: CacheMode | bool | None = None) -> CachedClient:
+        """`llm` for one request or job; `mode` as the request gives `cache` (None: on)."""
+        if mode is None or mode is True:
+            mode = "on"
+        elif mode is False:
+            mode = "off"
+        return CachedClient(llm, self if self.enabled else None, mode)
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._gets.add(key, None)
+
+    async def put(self, key: str, value: bytes) -> None:
+        """Returns once stored, so a row is answered only after its calls are in the cache
+        (a re-run right after it pays nothing). A failed store is logged: it only costs a
+        call on the next run."""
+        try:
+            await self._puts.add(key, value)
+        except Exception as exc:  # noqa: BLE001 - the answer is good; only the cache missed it
+            log.warning("call cache: store failed: %s", exc)
+
+    async def _mget(self, items: dict[str, Any]) -> dict[str, bytes | None]:
+        values = await self.redis.mget([KEY_PREFIX + k for k in items])
+        return dict(zip(items, values, strict=True))
+
+    async def _mset(self, items: dict[str, Any]) -> dict[str, None]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, value in items.items():
+                pipe.set(KEY_PREFIX + key, value, px=self.ttl_ms)
+            await pipe.execute()
+        return dict.fromkeys(items)
+
+
+class _Batch:
+    """Items added in one event-loop turn go to `flush(items) -> {key: result}` together;
+    each caller awaits its own key's result (or the batch's error)."""
+
+    def __init__(self, flush: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]):
+        self._flush = flush
+        self._items: dict[str, Any] = {}
+        self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
+        self._running: set[asyncio.Task[None]] = set()
+
+    def add(self, key: str, item: Any) -> asyncio.Future[Any]:
+        if not self._waiters:
+            asyncio.get_running_loop().call_soon(self._start)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._items[key] = item
+        self._waiters.setdefault(key, []).append(future)
+        return future
+
+    def _start(self) -> None:
+        items, waiters = self._items, self._waiters
+        self._items, self._waiters = {}, {}
+        task = asyncio.ensure_future(self._run(items, waiters))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, items: dict[str, Any], waiters: dict[str, list[asyncio.Future[Any]]]) -> None:
+        try:
+            results = await self._flush(items)
+        except Exception as exc:  # noqa: BLE001 - every waiter gets the error, none hangs
+            for futures in waiters.values():
+                for f in futures:
+                    if not f.done():
+                        f.set_exception(exc)
+            return
+        for key, futures in waiters.items():
+            for f in futures:
+                if not f.done():
+                    f.set_result(results[key])
+
+
+class CachedClient:
+    """One request's (or job's) view of a backend: cached, priced, occurrence-counted.
+    Everything else (name, model, capabilities, policy...) is the wrapped client's."""
+
+    def __init__(self, llm: LLMClient, cache: CallCache | None, mode: CacheMode):
+        self._llm = llm
+        self._cache = cache if mode != "off" else None
+        self._read = mode == "on"
+        self._seen: dict[str, int] = {}
+        config = llm.config
+        self._prices = (getattr(config, "price_input_per_mtok", 0.0) / 1e6,
+                        getattr(config, "price_output_per_mtok", 0.0) / 1e6)
+        self._backend = [llm.provider, getattr(config, "base_url", None) or ""]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._llm, name)
+
+    # ---- the calls ----
+
+    async def chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
+                   model: str | None = None, n: int = 1) -> list[Completion]:
+        key = self._key("chat", model, messages, kwargs, n)
+        return await self._completions(key, lambda: self._llm.chat(messages, kwargs, model=model, n=n))
+
+    async def stream_chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
+                          model: str | None = None, on_delta: Callable[[str], Any]) -> Completion:
+        # the same key as chat(n=1): a streamed answer and a plain one are the same call
+        key = self._key("chat", model, messages, kwargs, 1)
+        stored = await self._lookup(key)
+        if stored is not None:
+            (completion,) = _completions_of(stored)
+            if completion.text:
+                on_delta(completion.text)
+            return completion
+        completion = await self._llm.stream_chat(messages, kwargs, model=model, on_delta=on_delta)
+        self._priced([completion])
+        await self._store(key, [completion])
+        return completion
+
+    async def complete(self, prompt: str, kwargs: GenerationKwargs, *, model: str | None = None) -> Completion:
+        key = self._key("complete", model, prompt, kwargs, 1)
+        (completion,) = await self._completions(key, lambda: _one(self._llm.complete(prompt, kwargs, model=model)))
+        return completion
+
+    async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
+        key = self._key("embed", None, inputs, None, 1)
+        stored = await self._lookup(key)
+        if stored is not None:
+            return json.loads(stored)["embeddings"]
+        vectors = await self._llm.embed(inputs)
+        if self._cache is not None:
+            await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
+        return vectors
+
+    # ---- the machinery ----
+
+    def _key(self, kind: str, model: str | None, content: Any, kwargs: GenerationKwargs | None, n: int) -> str:
+        if self._cache is None:
+            return ""
+        options = kwargs.given() if kwargs is not None else {}
+        # the structured-output schema rides outside `given` (a private attribute)
+        schema = getattr(kwargs, "json_schema", None)
+        material = json.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
+                              sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+        digest = hashlib.sha256(material.encode()).hexdigest()
+        occurrence = self._seen.get(digest, 0)
+        self._seen[digest] = occurrence + 1
+        return f"{digest}:{occurrence}"
+
+    async def _lookup(self, key: str) -> bytes | None:
+        if self._cache is None or not self._read:
+            return None
+        try:
+            stored = await self._cache.get(key)
+        except Exception as exc:  # noqa: BLE001 - Redis away: call the backend, as without a cache
+            log.warning("call cache: lookup failed: %s", exc)
+            return None
+        if stored is None:
+            self._cache.misses += 1
+        else:
+            self._cache.hits += 1
+        return stored
+
+    async def _completions(self, key: str, call: Callable[[], Any]) -> list[Completion]:
+        stored = await self._lookup(key)
+        if stored is not None:
+            return _completions_of(stored)
+        completions = await call()
+        self._priced(completions)
+        await self._store(key, completions)
+        return completions
+
+    def _priced(self, completions: list[Completion]) -> None:
+        per_in, per_out = self._prices
+        if per_in or per_out:
+            for c in completions:
+                c.usage.cost_usd = c.usage.input_tokens * per_in + c.usage.output_tokens * per_out
+
+    async def _store(self, key: str, completions: list[Completion]) -> None:
+        if self._cache is not None:
+            await self._cache.put(key, json.dumps({"completions": [
+                [c.text, c.model, c.usage.input_tokens, c.usage.output_tokens, c.finish_reason]
+                for c in completions]}).encode())
+
+
+async def _one(call: Any) -> list[Completion]:
+    return [await call]
+
+
+def _completions_of(stored: bytes) -> list[Completion]:
+    """Stored answers as this run's: tokens as the backend reported them, no cost, and one
+    cached call (on the first completion, as a call's usage rides on its first)."""
+    out = [Completion(text, model, Usage(tokens_in, tokens_out), reason)
+           for text, model, tokens_in, tokens_out, reason in json.loads(stored)["completions"]]
+    out[0].usage.cached_calls = 1
+    return out
