@@ -7,6 +7,8 @@ import sys
 
 from sidecar.app import add_arguments as add_sidecar_arguments
 
+from .client.commands import add_commands as add_client_commands
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="synthserve", description="Synthetic data generation service.")
@@ -30,11 +32,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_sidecar_arguments(sidecar)
     sidecar.add_argument("--log-level", default="info")
     sidecar.add_argument("--log-format", choices=["json", "text"])
+    add_client_commands(sub)  # run, jobs
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "client"):  # the client commands set up their own output
+        return args.client(args)
     from .config import ConfigError, load_settings
     from .logging import configure_logging
 

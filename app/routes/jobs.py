@@ -12,7 +12,7 @@ from fastapi import APIRouter, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.sse import format_sse_event
 
-from .. import sse
+from .. import formats, sse
 from ..auth import PrincipalDep
 from ..deps import StateDep
 from ..errors import InvalidInput, NotFound
@@ -63,8 +63,11 @@ async def get_job(job_id: str, state: StateDep, owner: PrincipalDep) -> dict:
 
 @router.get("/jobs/{job_id}/results",
             responses={200: {"content": NDJSON_DOC, "description": "finished rows, sorted by index"}, **NOT_FOUND})
-async def job_results(job_id: str, state: StateDep, owner: PrincipalDep) -> StreamingResponse:
+async def job_results(job_id: str, state: StateDep, owner: PrincipalDep,
+                      format: formats.ResultsFormat = "jsonl") -> StreamingResponse:
     job = await owned_job(state.jobs, job_id, owner)
+    if format != "jsonl":  # CSV, Parquet: app/formats.py
+        return formats.results_response(format, job.id, lambda: state.jobs.results(job))
     return StreamingResponse(ndjson(state.jobs, job), media_type="application/x-ndjson")
 
 

@@ -1,0 +1,140 @@
+"""The jobs API over HTTP (docs/api.md, "Jobs"), as the CLI uses it: submit, follow the
+event stream (reconnecting with Last-Event-ID), list, cancel, retry, download."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+RECONNECTS = 5  # event stream drops in a row before giving up
+RECONNECT_WAIT_S = 1.0
+
+
+class ServerError(Exception):
+    """The server answered 4xx/5xx (`status`) or could not be reached (`status` 0)."""
+
+    def __init__(self, status: int, detail: Any):
+        super().__init__(detail if isinstance(detail, str) else json.dumps(detail))
+        self.status = status
+        self.detail = detail
+
+
+class Server:
+    def __init__(self, url: str, api_key: str | None = None):
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        # read=None: an event stream may be quiet for a while (the server sends keep-alives)
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
+                                      timeout=httpx.Timeout(60.0, read=None))
+
+    async def __aenter__(self) -> Server:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.http.aclose()
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            r = await self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerError(0, f"cannot reach {self.http.base_url}: {exc or type(exc).__name__}") from None
+        if r.status_code >= 400:
+            try:
+                detail = r.json().get("detail", r.text)
+            except ValueError:
+                detail = r.text
+            raise ServerError(r.status_code, detail)
+        return r.json() if r.content else None
+
+    async def kind(self, name: str) -> str:
+        """`task` or `pipeline`: what NAME is on this server."""
+        for kind, path in (("task", f"/tasks/{name}"), ("pipeline", f"/pipelines/{name}")):
+            try:
+                await self.call("GET", path)
+                return kind
+            except ServerError as exc:
+                if exc.status not in (404, 405):
+                    raise
+        raise ServerError(404, f"no task or pipeline named {name!r} on {self.http.base_url}")
+
+    async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.call("POST", "/jobs", json=body)
+
+    async def job(self, job_id: str) -> dict[str, Any]:
+        return await self.call("GET", f"/jobs/{job_id}")
+
+    async def jobs(self) -> list[dict[str, Any]]:
+        return (await self.call("GET", "/jobs"))["jobs"]
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        return await self.call("POST", f"/jobs/{job_id}/cancel")
+
+    async def retry(self, job_id: str) -> dict[str, Any]:
+        return await self.call("POST", f"/jobs/{job_id}/retry")
+
+    async def download(self, job_id: str, fmt: str, path: Path) -> None:
+        """The job's results in `fmt`, streamed to `path`."""
+        try:
+            async with self.http.stream("GET", f"/jobs/{job_id}/results", params={"format": fmt}) as r:
+                if r.status_code >= 400:
+                    await r.aread()
+                    raise ServerError(r.status_code, r.json().get("detail", r.text))
+                with path.open("wb") as f:
+                    async for chunk in r.aiter_bytes():
+                        f.write(chunk)
+        except httpx.TransportError as exc:
+            raise ServerError(0, f"cannot reach {self.http.base_url}: {exc or type(exc).__name__}") from None
+
+    async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
+        """(event, data) from the job's event stream until `done`; a dropped connection is
+        resumed where it stopped (Last-Event-ID), so no event is seen twice."""
+        last_id: str | None = None
+        drops = 0
+        while True:
+            headers = {"Last-Event-ID": last_id} if last_id else {}
+            try:
+                async with self.http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
+                    if r.status_code >= 400:
+                        await r.aread()
+                        raise ServerError(r.status_code, r.json().get("detail", r.text))
+                    async for event, event_id, data in _sse(r.aiter_lines()):
+                        drops = 0
+                        last_id = event_id or last_id
+                        yield event, data
+                        if event == "done":
+                            return
+            except httpx.TransportError as exc:
+                drops += 1
+                if drops > RECONNECTS:
+                    raise ServerError(0, f"lost the event stream of {job_id}: {exc or type(exc).__name__}") from None
+                await asyncio.sleep(RECONNECT_WAIT_S)
+                continue
+            # the stream ended without `done` (a server restart): read on from where it stopped
+            drops += 1
+            if drops > RECONNECTS:
+                raise ServerError(0, f"the event stream of {job_id} keeps ending before `done`")
+            await asyncio.sleep(RECONNECT_WAIT_S)
+
+
+async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str | None, dict[str, Any]]]:
+    event, event_id, data = "message", None, []
+    async for line in lines:
+        if not line:
+            if data:
+                yield event, event_id, json.loads("\n".join(data))
+            event, event_id, data = "message", None, []
+        elif line.startswith(":"):
+            continue
+        else:
+            name, _, value = line.partition(":")
+            value = value[1:] if value.startswith(" ") else value
+            if name == "event":
+                event = value
+            elif name == "id":
+                event_id = value
+            elif name == "data":
+                data.append(value)

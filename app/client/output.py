@@ -1,0 +1,110 @@
+"""The output file of `synthserve run`, and resuming into it.
+
+Rows are appended to a journal beside the output (`OUT.partial`, JSONL) as they finish,
+so a crash loses nothing; at the end (or on Ctrl-C) the rows already in the output and
+the journal's are merged, sorted by `index`, and written in the output's format (CSV and
+Parquet cannot be appended to). The journal's first line names the job it follows, so
+`synthserve run --job ID` can reattach. Running again with the same output skips every
+input row whose output rows are all there without an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import formats
+
+Row = dict[str, Any]
+FLUSH_INTERVAL_S = 0.5  # the journal reaches the disk at least this often while rows come
+
+
+class OutputFile:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.format = formats.output_format(self.path)  # FormatError before any work
+        self.journal_path = self.path.with_name(self.path.name + ".partial")
+        self.rows: dict[int, Row] = {}
+        self.header: dict[str, Any] = {}
+        self._journaled: set[int] = set()  # rows read from an old journal, not yet in the output
+        self._journal = None
+        self._flushed = 0.0
+
+    def load(self) -> None:
+        """The rows of a previous run: the output file, then the journal (newer)."""
+        if self.path.exists():
+            for row in formats.read_rows(self.path):
+                self._keep(row)
+        if self.journal_path.exists():
+            with self.journal_path.open(encoding="utf-8") as f:
+                for n, line in enumerate(f):
+                    try:
+                        row = json.loads(line)
+                    except json.JSONDecodeError:
+                        break  # the torn last line of a crash
+                    if n == 0 and "job" in row and "index" not in row:
+                        self.header = row
+                    else:
+                        self._journaled.add(self._keep(row))
+
+    def _keep(self, row: Row) -> int:
+        try:
+            index = int(row["index"])
+        except (KeyError, TypeError, ValueError):
+            raise formats.FormatError(f"{self.path}: a row without an `index`; not an output of synthserve run") from None
+        self.rows[index] = {**row, "index": index}
+        return index
+
+    def done_units(self, per_unit: int) -> set[int]:
+        """Units (input rows, or generations) whose `per_unit` rows are all here, error-free."""
+        good: dict[int, int] = {}
+        for index, row in self.rows.items():
+            if not row.get("error"):
+                good[index // per_unit] = good.get(index // per_unit, 0) + 1
+        return {u for u, n in good.items() if n == per_unit}
+
+    def clear(self) -> None:
+        """Forget the previous run's rows (a run that starts over)."""
+        self.rows, self._journaled = {}, set()
+
+    def start(self, header: dict[str, Any] | None = None) -> None:
+        """Open the journal anew with `header` (the job followed, if any) and the rows an
+        old journal held that the output does not have yet."""
+        self.header = header or {}
+        self._journal = self.journal_path.open("w", encoding="utf-8")
+        if self.header:
+            self._journal.write(json.dumps(self.header) + "\n")
+        self._journal.write(formats.jsonl_text(self.rows[i] for i in sorted(self._journaled) if i in self.rows))
+        self._journal.flush()
+
+    def add(self, index: int, row: Row) -> None:
+        row = {"index": index, **{k: v for k, v in row.items() if k != "index"}}
+        self.rows[index] = row
+        self._journal.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        if (now := time.monotonic()) - self._flushed >= FLUSH_INTERVAL_S:
+            self._journal.flush()
+            self._flushed = now
+
+    def finish(self, *, detached: bool = False) -> None:
+        """Write the output; the journal goes, except the job header of a detached run."""
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        formats.write_rows(tmp, [self.rows[i] for i in sorted(self.rows)], fmt=self.format)
+        os.replace(tmp, self.path)
+        if detached and self.header:
+            self.journal_path.write_text(json.dumps(self.header) + "\n")
+        else:
+            self.journal_path.unlink(missing_ok=True)
+
+    @property
+    def started(self) -> bool:
+        return self._journal is not None
+
+    @property
+    def failed(self) -> int:
+        return sum(bool(r.get("error")) for r in self.rows.values())

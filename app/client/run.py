@@ -1,0 +1,200 @@
+"""`synthserve run`: a task or pipeline over a file, against a server (as a job) or in
+process, into an output file that a second run resumes (docs/api.md, "Files in and out,
+CLI, web page, CORS")."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+from rich.console import Console
+
+from tasks import Registry
+
+from .. import formats
+from .http import Server, ServerError
+from .output import OutputFile
+from .progress import Counts, ProgressDisplay
+
+OK, SOME_FAILED, BAD_ARGS, INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """Bad arguments or inputs: exit status 2."""
+
+
+@dataclass(slots=True)
+class RunSpec:
+    name: str | None
+    output: OutputFile
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    llm: dict[str, Any] = field(default_factory=dict)
+    include_raw: bool = True
+    cache: bool | None = None
+
+
+@dataclass(slots=True)
+class Plan:
+    """Which units run now: `units` (None = all, numbered as the server numbers them) and
+    the rows per unit, to put each result row at its place in the whole output."""
+
+    units: list[int] | None
+    per_unit: int | None
+
+    def full_index(self, index: int) -> int:
+        if self.units is None or not self.per_unit:
+            return index
+        unit, sub = divmod(index, self.per_unit)
+        return self.units[unit] * self.per_unit + sub
+
+
+def plan(out: OutputFile, n_units: int | None, per_unit: int | None, *, subset: bool, console: Console) -> Plan:
+    """Skip the units already in the output; start over when this run cannot take a subset."""
+    if per_unit and n_units is not None:
+        done = out.done_units(per_unit)
+        pending = [u for u in range(n_units) if u not in done]
+        if subset:
+            if done:
+                console.print(f"resuming: {len(done)} of {n_units} rows already in {out.path}", highlight=False)
+            return Plan(pending, per_unit)
+        if not pending:
+            return Plan([], per_unit)
+    if out.rows:
+        console.print(f"this run cannot resume part of its rows: starting {out.path} over", highlight=False)
+        out.clear()
+    return Plan(None, per_unit)
+
+
+def unit_shape(name: str, params: dict[str, Any], n_rows: int) -> tuple[int | None, int | None, bool]:
+    """(units, rows per unit, whether a subset of rows can be sent) for a task known to this
+    package, cut as the server cuts it; file-defined tasks and pipelines are not known here."""
+    task = Registry.builtin().get(name)
+    if task is None:
+        return None, None, False
+    try:
+        p = task.Params.model_validate(params)
+    except ValidationError:
+        return None, None, False  # the server says what is wrong
+    return task.num_units(p, []) if task.generator else n_rows, task.rows_per_unit(p), not task.generator
+
+
+def counts_of(job: dict[str, Any], skipped: int) -> Counts:
+    usage = job.get("usage") or {}
+    progress = job["progress"]
+    return Counts(total=skipped + progress["total"], done=skipped + progress["completed"] + progress["failed"],
+                  failed=progress["failed"], tokens=usage.get("input_tokens", 0) + usage.get("output_tokens", 0),
+                  cost_usd=usage.get("cost_usd"))
+
+
+def exit_status(out: OutputFile, console: Console) -> int:
+    console.print(f"wrote {len(out.rows)} rows to {out.path} ({out.failed} failed)", highlight=False)
+    return SOME_FAILED if out.failed else OK
+
+
+# ---- against a server ----
+
+async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
+    out = spec.output
+    kind = await server.kind(spec.name)
+    n_units, per_unit, subset = unit_shape(spec.name, spec.params, len(spec.rows)) if kind == "task" else (None, None, False)
+    p = plan(out, n_units, per_unit, subset=subset, console=console)
+    if p.units == []:
+        console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
+        return exit_status(out, console)
+    body: dict[str, Any] = {kind: spec.name, "params": spec.params, "llm": spec.llm, "include_raw": spec.include_raw}
+    if p.units is not None or spec.rows:
+        body["rows"] = spec.rows if p.units is None else [spec.rows[u] for u in p.units]
+    if spec.cache is not None:
+        body["cache"] = spec.cache
+    job = await server.submit(body)
+    header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": len(out.rows)}
+    console.print(f"job {job['id']} submitted to {server.http.base_url}", highlight=False)
+    return await follow(server, job, out, header, console)
+
+
+async def reattach(job_id: str, out: OutputFile, server: Server, console: Console) -> int:
+    """Follow a job started by an earlier `synthserve run` (its journal maps the job's rows
+    to the output's), or any job (its rows as they are numbered)."""
+    job = await server.job(job_id)
+    header = out.header if out.header.get("job") == job_id else {"job": job_id, "units": None, "per_unit": None}
+    return await follow(server, job, out, {**header, "skipped": header.get("skipped", 0)}, console)
+
+
+async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: dict[str, Any],
+                 console: Console) -> int:
+    p = Plan(header["units"], header["per_unit"])
+    out.start(header)
+    display = ProgressDisplay(job["id"], counts_of(job, header["skipped"]), console=console)
+    try:
+        async for event, data in server.events(job["id"]):
+            if event == "row":
+                out.add(p.full_index(data["index"]), data["row"])
+            elif event in ("progress", "done"):
+                job = data
+                display.update(counts_of(job, header["skipped"]))
+    finally:
+        display.close()
+    if job["status"] != "completed":
+        console.print(f"job {job['id']} {job['status']}" + (f": {job['error']}" if job.get("error") else ""),
+                      highlight=False)
+    out.finish()
+    status = exit_status(out, console)
+    return status if job["status"] == "completed" else SOME_FAILED
+
+
+# ---- in process ----
+
+async def run_in_process(spec: RunSpec, settings, console: Console) -> int:
+    from ..errors import SynthserveError
+    from ..runs import build_run
+    from ..schemas import LLMSpec
+    from ..state import AppState
+
+    out = spec.output
+    state = AppState.build(settings)
+    try:
+        task, run = build_run(state, spec.name, spec.rows, spec.params, LLMSpec.model_validate(spec.llm),
+                              spec.include_raw)
+    except SynthserveError as exc:
+        raise UsageError(exc.detail) from None
+    except ValidationError as exc:
+        raise UsageError(f"--llm: {exc}") from None
+    per_unit = task.rows_per_unit(run.params)
+    p = plan(out, task.num_units(run.params, run.rows), per_unit, subset=task.split != "whole", console=console)
+    if p.units == []:
+        console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
+        return exit_status(out, console)
+    run.units = p.units
+    skipped = len(out.rows)
+    n_units = len(p.units) if p.units is not None else task.num_units(run.params, run.rows)
+    counts = Counts(total=skipped + n_units * (per_unit or 1), done=skipped)
+    console.print(f"starting backend {run.llm.name} ({run.llm.provider})", highlight=False)
+    out.start()
+    await run.llm.start()
+    display = ProgressDisplay(task.name, counts, console=console)
+    try:
+        async for index, row in task.stream(run):
+            out.add(index, row)
+            counts.done += 1
+            counts.failed += row.get("error") is not None
+            usage = run.usage.as_dict()
+            counts.tokens = usage["input_tokens"] + usage["output_tokens"]
+            counts.cost_usd = usage.get("cost_usd")
+            display.update()
+    finally:
+        display.close()
+        await run.llm.aclose()
+    out.finish()
+    return exit_status(out, console)
+
+
+async def load_rows(path: str | None) -> list[dict[str, Any]]:
+    if path is None:
+        return []
+    try:
+        return await asyncio.to_thread(formats.read_rows, path)
+    except formats.FormatError as exc:
+        raise UsageError(str(exc)) from None

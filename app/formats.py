@@ -1,0 +1,313 @@
+"""Rows in and out of files: JSONL, JSON, CSV and Parquet (docs/api.md, "Files in and out,
+CLI, web page, CORS"). Shared by `GET /jobs/{id}/results?format=...` and `synthserve run`.
+
+Writing takes rows in batches, twice: the first pass settles the columns (CSV header) and
+the Arrow type of each column (Parquet), the second writes, one batch at a time, so a
+result set is never held in memory whole. Nested values stay nested in Parquet (Arrow
+lists and structs); a column whose values cannot share one Arrow type (a string in some
+rows, a list in others) is written as JSON text, as every nested value is in CSV.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import anyio
+import pyarrow as pa
+import pyarrow.parquet as pq
+from fastapi.responses import StreamingResponse
+
+Row = dict[str, Any]
+
+ResultsFormat = Literal["jsonl", "csv", "parquet"]
+READABLE = (".jsonl", ".json", ".csv", ".parquet")
+WRITABLE = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8",
+               "parquet": "application/vnd.apache.parquet"}
+
+
+class FormatError(ValueError):
+    """A file that cannot be read as rows; the message names the line, row or column."""
+
+
+def output_format(path: str | Path) -> str:
+    """`jsonl`, `csv` or `parquet` from a file name; FormatError for anything else."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in WRITABLE:
+        raise FormatError(f"{path}: output must end in {', '.join(WRITABLE)}")
+    return WRITABLE[suffix]
+
+
+# ---- reading ----
+
+def read_rows(path: str | Path) -> list[Row]:
+    """Every row of a .jsonl, .json (a list of objects, or {"rows": [...]}), .csv or .parquet
+    file. CSV cells are strings, empty cells None, and a cell holding a JSON list or
+    object (as this module writes nested values) is decoded."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in READABLE:
+        raise FormatError(f"{path}: input must end in {', '.join(READABLE)}")
+    try:
+        if suffix == ".parquet":
+            return _read_parquet(path)
+        with path.open(encoding="utf-8", newline="") as f:
+            return {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix](f, path)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    except OSError as exc:
+        raise FormatError(f"{path}: {exc.strerror or exc}") from None
+
+
+def _object(value: Any, where: str) -> Row:
+    if not isinstance(value, dict):
+        raise FormatError(f"{where}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _read_jsonl(f, path: Path) -> list[Row]:
+    rows = []
+    for n, line in enumerate(f, 1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise FormatError(f"{path} line {n}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        rows.append(_object(value, f"{path} line {n}"))
+    return rows
+
+
+def _read_json(f, path: Path) -> list[Row]:
+    try:
+        value = json.load(f)
+    except json.JSONDecodeError as exc:
+        raise FormatError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+    if isinstance(value, dict) and isinstance(value.get("rows"), list):
+        value = value["rows"]
+    if not isinstance(value, list):
+        raise FormatError(f"{path}: expected a JSON list of row objects (or {{\"rows\": [...]}})")
+    return [_object(v, f"{path} row {i}") for i, v in enumerate(value)]
+
+
+def _cell(text: str) -> Any:
+    if text == "":
+        return None
+    if text[0] in "[{":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            pass
+    return text
+
+
+def _read_csv(f, path: Path) -> list[Row]:
+    reader = csv.reader(f, strict=True)
+    try:
+        header = next(reader, None)
+        if not header or not any(header):
+            raise FormatError(f"{path} line 1: no header row")
+        if len(set(header)) != len(header):
+            raise FormatError(f"{path} line 1: a column name appears twice")
+        rows = []
+        for fields in reader:
+            if not fields:
+                continue
+            if len(fields) != len(header):
+                raise FormatError(f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}")
+            rows.append({name: _cell(v) for name, v in zip(header, fields)})
+    except csv.Error as exc:
+        raise FormatError(f"{path} line {reader.line_num}: {exc}") from None
+    return rows
+
+
+def _read_parquet(path: Path) -> list[Row]:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise FormatError(f"{path}: not a readable Parquet file ({exc})") from None
+    if table.num_columns == 0:
+        raise FormatError(f"{path}: the Parquet file has no columns")
+    return table.to_pylist()
+
+
+# ---- the shape of a result set ----
+
+class Shape:
+    """Columns in first-seen order and, per column, one Arrow type for every value seen
+    (None: the values disagree, write JSON text)."""
+
+    def __init__(self) -> None:
+        self.types: dict[str, pa.DataType | None] = {}
+
+    def add(self, rows: list[Row]) -> None:
+        columns: dict[str, list] = {}
+        for row in rows:
+            for name in row:
+                columns.setdefault(name, [])
+        for name, values in columns.items():
+            values.extend(row.get(name) for row in rows)
+            known = self.types.get(name, pa.null())
+            if name in self.types and known is None:
+                continue
+            try:
+                merged = _unify(known, pa.array(values).type)
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+                merged = None
+            self.types[name] = merged if merged is None or _writable(merged) else None
+
+    def schema(self) -> pa.Schema:
+        return pa.schema([(name, t if t is not None else pa.string()) for name, t in self.types.items()])
+
+
+def _unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
+    if a == b:
+        return a
+    return pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])],
+                            promote_options="permissive").field("c").type
+
+
+def _writable(t: pa.DataType) -> bool:
+    """Parquet cannot store a struct without fields (every value `{}`)."""
+    if pa.types.is_struct(t):
+        return t.num_fields > 0 and all(_writable(t.field(i).type) for i in range(t.num_fields))
+    if pa.types.is_list(t) or pa.types.is_large_list(t):
+        return _writable(t.value_type)
+    return True
+
+
+def _json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, ensure_ascii=False)
+
+
+def arrow_table(rows: list[Row], shape: Shape) -> pa.Table:
+    arrays = []
+    for name, t in shape.types.items():
+        values = [row.get(name) for row in rows]
+        arrays.append(pa.array([_json(v) for v in values], pa.string()) if t is None else pa.array(values, t))
+    return pa.Table.from_arrays(arrays, schema=shape.schema())
+
+
+def csv_text(rows: list[Row], columns: list[str], *, header: bool) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    if header:
+        writer.writerow(columns)
+    for row in rows:
+        writer.writerow(["" if (v := row.get(c)) is None else v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
+                         for c in columns])
+    return out.getvalue()
+
+
+def jsonl_text(rows: Iterable[Row]) -> str:
+    return "".join(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n" for row in rows)
+
+
+class _Drain(io.RawIOBase):
+    """A write-only file whose bytes are taken away as they are written (Parquet's sink)."""
+
+    def __init__(self) -> None:
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.parts.append(bytes(b))
+        self.size += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.size
+
+    def take(self) -> bytes:
+        data, self.parts = b"".join(self.parts), []
+        return data
+
+
+# ---- writing ----
+
+def write_rows(path: str | Path, rows: list[Row], fmt: str | None = None) -> None:
+    """Write rows to `path` in `fmt`, by default the format its extension names."""
+    fmt = fmt or output_format(path)
+    if fmt == "jsonl":
+        Path(path).write_text(jsonl_text(rows), encoding="utf-8")
+        return
+    shape = Shape()
+    for batch in iter_batches(rows):
+        shape.add(batch)
+    if fmt == "csv":
+        Path(path).write_text(csv_text(rows, list(shape.types), header=True), encoding="utf-8", newline="")
+        return
+    with pq.ParquetWriter(str(path), shape.schema()) as writer:
+        for batch in iter_batches(rows):
+            writer.write_table(arrow_table(batch, shape))
+        if not rows:
+            writer.write_table(shape.schema().empty_table())
+
+
+BATCH = 1000  # rows per Parquet row group and per conversion
+
+
+async def stream(fmt: str, batches: Callable[[], AsyncIterator[list[Row]]]) -> AsyncIterator[bytes]:
+    """A result set as a CSV or Parquet body. `batches()` yields the rows in order and is
+    called twice; rows that appear only in the second pass (a job still running) are left
+    out, so the file matches the shape measured in the first."""
+    shape = Shape()
+    seen: set[int] = set()
+    async for rows in batches():
+        await anyio.to_thread.run_sync(shape.add, rows)
+        seen.update(row["index"] for row in rows)
+    if fmt == "csv":
+        yield csv_text([], list(shape.types), header=True).encode()
+    drain = _Drain()
+    writer = pq.ParquetWriter(drain, shape.schema()) if fmt == "parquet" else None
+    async for rows in batches():
+        rows = [row for row in rows if row["index"] in seen]
+        if not rows:
+            continue
+        if writer is None:
+            yield (await anyio.to_thread.run_sync(lambda: csv_text(rows, list(shape.types), header=False))).encode()
+        else:
+            table = await anyio.to_thread.run_sync(arrow_table, rows, shape)
+            await anyio.to_thread.run_sync(writer.write_table, table)
+            yield drain.take()
+    if writer is not None:
+        if not seen:
+            writer.write_table(shape.schema().empty_table())
+        writer.close()
+        yield drain.take()
+
+
+def indexed_rows(batch: Iterable[tuple[int, str]]) -> list[Row]:
+    """A job store's results batch (index, stored JSON) as rows with `index` first; the
+    job's index wins over an `index` column of the row's own (as in the NDJSON results)."""
+    out = []
+    for index, raw in batch:
+        row = json.loads(raw)
+        row.pop("index", None)
+        out.append({"index": index, **row})
+    return out
+
+
+def iter_batches(rows: list[Row], size: int = BATCH) -> Iterator[list[Row]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def results_response(fmt: str, job_id: str,
+                     results: Callable[[], AsyncIterator[list[tuple[int, str]]]]) -> StreamingResponse:
+    """A job's results as a CSV or Parquet download; `results()` yields the job store's
+    batches of (index, stored row JSON)."""
+    async def batches() -> AsyncIterator[list[Row]]:
+        async for batch in results():
+            yield indexed_rows(batch)
+
+    return StreamingResponse(stream(fmt, batches), media_type=MEDIA_TYPES[fmt],
+                             headers={"Content-Disposition": f'attachment; filename="{job_id}.{fmt}"'})
