@@ -56,8 +56,16 @@ class LLMConfig(_Section):
     default_backend: str | None = None
 
 
+DATA_DIR_ENV = "SYNTHSERVE_DATA_DIR"
+
+
 class JobsConfig(_Section):
+    # None: a private redis-server child of `synthserve serve`, under data_dir (app.jobs.private)
     redis_url: str | None = None
+    data_dir: str = Field(default_factory=lambda: os.environ.get(DATA_DIR_ENV, ".synthserve"))
+    # the API process runs a worker too; None = only with the private redis (no separate workers)
+    consume: bool | None = None
+    pool_size: int = Field(64, ge=2)  # Redis connections per process (event streams share one more)
     result_ttl_s: int = Field(7 * 24 * 3600, ge=1)
     max_row_attempts: int = Field(3, ge=1)
     claim_idle_ms: int = Field(5_000, ge=100)
@@ -81,7 +89,7 @@ class Settings(_Section):
     backends: dict[str, BackendConfig] = Field(
         default_factory=lambda: {LOCAL_BACKEND: BackendConfig(provider="local", max_concurrency=16)}
     )
-    jobs: JobsConfig = JobsConfig()
+    jobs: JobsConfig = Field(default_factory=JobsConfig)  # (data_dir: read $SYNTHSERVE_DATA_DIR now)
     tasks: TasksConfig = TasksConfig()
     cache: CacheConfig = CacheConfig()
     config_dir: Path | None = Field(None, exclude=True)

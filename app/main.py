@@ -1,18 +1,25 @@
 """The FastAPI app. `create_app()` builds it without I/O; the lifespan loads the config,
-builds the backends and the job manager, and closes them."""
+starts the backends, composes the job engine (app.jobs) and closes it all in reverse."""
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from . import __version__
 from .auth import principal
 from .config import Settings, load_settings
-from .errors import SynthserveError
+from .errors import SynthserveError, Unavailable
+from .jobs.follow import EventHub
+from .jobs.private import private_redis
+from .jobs.store import JobStore
+from .jobs.worker import Worker
 from .metrics import Metrics
 from .metrics import router as metrics_router
 from .middleware import AccessLog, BodyLimit
@@ -25,15 +32,15 @@ rows back as JSON or server-sent events, or submit batch jobs to `/jobs`. See th
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
-    async def lifespan(app: FastAPI):
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = AppState.build(settings or load_settings())
         state.metrics = Metrics(state)
-        await state.start()
-        app.state.synth = state
-        try:
+        async with AsyncExitStack() as stack:
+            await state.start_backends()
+            stack.push_async_callback(state.close_backends)  # last: the worker below uses them
+            await open_jobs(stack, state)
+            app.state.synth = state
             yield
-        finally:
-            await state.aclose()
 
     app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.draining = asyncio.Event()  # set by app.server on SIGTERM: SSE streams end
@@ -44,6 +51,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def synthserve_error(request: Request, exc: SynthserveError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def jobs_unavailable(request: Request, exc: Exception) -> JSONResponse:
+        return await synthserve_error(request, Unavailable(f"the job store (Redis) is unavailable: {exc}"))
+
     app.include_router(health.router)
     app.include_router(metrics_router)
     app.include_router(tasks.router, dependencies=[Depends(principal)])
@@ -51,4 +63,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-app = create_app()
+
+async def open_jobs(stack: AsyncExitStack, state: AppState) -> None:
+    """Redis (`[jobs] redis_url`, else a private redis-server), the store, the event reader,
+    and a worker when this process consumes jobs itself (by default: with the private
+    Redis, where no other worker runs). Closed by `stack`, in reverse."""
+    config = state.settings.jobs
+    url = config.redis_url or await stack.enter_async_context(private_redis(config.data_dir))
+    state.jobs = JobStore.connect(url, config)
+    stack.push_async_callback(state.jobs.aclose)
+    state.events = EventHub(state.jobs, url)
+    await state.events.start()
+    stack.push_async_callback(state.events.aclose)
+    if config.consume if config.consume is not None else not config.redis_url:
+        await stack.enter_async_context(Worker(state.jobs, state.registry, state.backends, config).serving())

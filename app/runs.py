@@ -1,17 +1,27 @@
 """Turn a request (for /tasks or /jobs) into a validated TaskRun: everything is checked
-here, before any LLM call, and every problem is a 4xx naming what is wrong."""
+here, before any LLM call, and every problem is a 4xx naming what is wrong. Narrow on
+purpose: the task and the backend's client come resolved (AppState.task, .backend)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
+from llm_clients import LLMClient
 from tasks import RowError, Task, TaskRun
 
-from .errors import InvalidInput, NotFound, TooLarge
+from .errors import InvalidInput, TooLarge
 from .schemas import LLMSpec
-from .state import AppState
+
+
+class RunRequest(Protocol):
+    """What build_run reads of a request body (TaskRequest, JobRequest)."""
+
+    rows: list[dict[str, Any]]
+    params: dict[str, Any]
+    llm: LLMSpec
+    include_raw: bool
 
 
 def format_validation_error(prefix: str, exc: ValidationError) -> str:
@@ -22,40 +32,51 @@ def format_validation_error(prefix: str, exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def get_task(state: AppState, name: str) -> Task:
-    task = state.registry.get(name)
-    if task is None:
-        raise NotFound(f"unknown task {name!r}; see GET /tasks")
-    return task
+def oversized(value: Any, path: str, limit: int) -> str | None:
+    """The path of the first string in `value` longer than `limit` characters, or None."""
+    stack = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if len(item) > limit:
+                return where
+        elif isinstance(item, dict):
+            stack.extend((f"{where}.{k}", v) for k, v in item.items())
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+    return None
 
 
-def build_run(state: AppState, task_name: str, rows: list[dict[str, Any]], params: dict[str, Any],
-              llm: LLMSpec, include_raw: bool = True) -> tuple[Task, TaskRun]:
-    task = get_task(state, task_name)
-    backend = llm.backend or state.settings.llm.default_backend
-    client = state.backends.get(backend)
-    if client is None:
-        raise InvalidInput(f"llm.backend: unknown backend {backend!r}; configured: {sorted(state.backends)}")
+def build_run(task: Task, client: LLMClient, req: RunRequest, *, max_rows: int,
+              max_output_rows: int | None = None, max_field_chars: int | None = None) -> TaskRun:
+    if max_field_chars is not None:
+        where = oversized(req.params, "params", max_field_chars) or oversized(req.rows, "rows", max_field_chars)
+        if where is not None:
+            raise TooLarge(f"{where}: longer than max_field_chars ({max_field_chars} characters)")
     try:
-        p = task.Params.model_validate(params)
+        p = task.Params.model_validate(req.params)
     except ValidationError as exc:
         raise InvalidInput(format_validation_error("params", exc)) from None
     try:
         task.check(p, client)
     except ValueError as exc:
         raise InvalidInput(str(exc)) from None
-
-    limit = state.settings.server.max_rows_per_request
+    rows = req.rows
     if task.generator:
         if rows:
             raise InvalidInput(f"rows: task {task.name!r} is a generator and takes no rows")
-        if task.num_units(p, rows) * (task.rows_per_unit(p) or 1) > limit:
-            raise TooLarge(f"params: asks for more than max_rows_per_request ({limit}) rows")
+        if task.num_units(p, rows) * (task.rows_per_unit(p) or 1) > max_rows:
+            raise TooLarge(f"params: asks for more than max_rows_per_request ({max_rows}) rows")
     else:
         if not rows:
             raise InvalidInput(f"rows: task {task.name!r} needs at least one row with {list(task.inputs)}")
-        if len(rows) > limit:
-            raise TooLarge(f"rows: {len(rows)} rows is more than max_rows_per_request ({limit})")
+        if len(rows) > max_rows:
+            raise TooLarge(f"rows: {len(rows)} rows is more than max_rows_per_request ({max_rows})")
+        per_row = task.rows_per_unit(p) or 1
+        if max_output_rows is not None and len(rows) * per_row > max_output_rows:
+            factor = "num_generations" if hasattr(p, "num_generations") else "rows per input row"
+            raise TooLarge(f"rows x {factor}: {len(rows)} x {per_row} = {len(rows) * per_row} output rows is more "
+                           f"than max_output_rows_per_request ({max_output_rows})")
         for i, row in enumerate(rows):
             try:
                 task.check_row(row, p)
@@ -63,6 +84,5 @@ def build_run(state: AppState, task_name: str, rows: list[dict[str, Any]], param
                 raise InvalidInput(f"rows[{i}].{exc.field}: {exc}") from None
             except ValueError as exc:
                 raise InvalidInput(f"rows[{i}]: {exc}") from None
-    run = TaskRun(params=p, llm=client, kwargs=llm.generation_kwargs, rows=rows, model=llm.model,
-                  include_raw=include_raw)
-    return task, run
+    return TaskRun(params=p, llm=client, kwargs=req.llm.generation_kwargs, rows=rows, model=req.llm.model,
+                   include_raw=req.include_raw)

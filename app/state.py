@@ -1,17 +1,24 @@
 """What the app holds while it runs: settings, the task registry, one client per backend,
-and the job manager. Built in the lifespan, closed there."""
+and the job engine's two handles (composed in app.main's lifespan)."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from llm_clients import LLMClient, build_client
-from tasks import Registry
+from tasks import Registry, Task, TaskRun
 
 from .config import Settings
+from .errors import InvalidInput, NotFound
+from .jobs.follow import EventHub
+from .jobs.store import JobStore
+from .runs import RunRequest, build_run
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger("synthserve")
 
@@ -21,10 +28,10 @@ class AppState:
     settings: Settings
     registry: Registry
     backends: dict[str, LLMClient]
-    jobs: Any = None  # app.jobs manager, set in the lifespan
-    metrics: Any = None  # app.metrics.Metrics, set in the lifespan
     api_keys: frozenset[str] = frozenset()
-    extras: dict[str, Any] = field(default_factory=dict)
+    jobs: JobStore | None = None  # set in the lifespan
+    events: EventHub | None = None  # "
+    metrics: Metrics | None = None  # "
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:
@@ -38,18 +45,36 @@ class AppState:
         return cls(settings=settings, registry=registry, backends=backends,
                    api_keys=settings.server.api_keys())
 
-    async def start(self) -> None:
+    def task(self, name: str) -> Task:
+        task = self.registry.get(name)
+        if task is None:
+            raise NotFound(f"unknown task {name!r}; see GET /tasks")
+        return task
+
+    def backend(self, name: str | None) -> tuple[str, LLMClient]:
+        """The backend a request names (None: the default) -> (its name, its client)."""
+        name = name or self.settings.llm.default_backend
+        client = self.backends.get(name) if name else None
+        if name is None or client is None:
+            raise InvalidInput(f"llm.backend: unknown backend {name!r}; configured: {sorted(self.backends)}")
+        return name, client
+
+    def prepare_run(self, task_name: str, req: RunRequest) -> tuple[Task, TaskRun]:
+        """The request's task and its validated run (every 4xx before any call)."""
+        task = self.task(task_name)
+        _, client = self.backend(req.llm.backend)
+        server = self.settings.server
+        return task, build_run(task, client, req, max_rows=server.max_rows_per_request,
+                               max_output_rows=server.max_output_rows_per_request,
+                               max_field_chars=server.max_field_chars)
+
+    async def start_backends(self) -> None:
         for client in self.backends.values():
             try:
                 await client.start()
             except Exception as exc:  # a backend that is down must not keep the others from serving
                 log.warning("backend %s did not start: %s", client.name, exc)
-        from .jobs import open_jobs  # here, not at import: app.jobs imports this module
-        self.jobs = open_jobs(self)
-        await self.jobs.start()
 
-    async def aclose(self) -> None:
-        if self.jobs is not None:  # first: in-process jobs use the backends
-            await self.jobs.aclose()
+    async def close_backends(self) -> None:
         for client in self.backends.values():
             await client.aclose()

@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import os
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,33 @@ import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR_ENV = "SYNTHSERVE_DATA_DIR"  # (app.config.DATA_DIR_ENV: not imported before the env is set)
+
+
+# ---------------------------------------------------------------------------
+# The private Redis. An app built with default settings (no [jobs] redis_url) runs a
+# private redis-server under [jobs] data_dir: in tests, a temporary directory of this
+# session (short: a unix socket path has at most 107 bytes), never the repository's.
+# ---------------------------------------------------------------------------
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = tempfile.mkdtemp(prefix="synthserve-test-")
+    config.stash[_DATA_ROOT] = root
+    os.environ[DATA_DIR_ENV] = str(Path(root) / "default")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash.get(_DATA_ROOT, ""), ignore_errors=True)
+
+
+_DATA_ROOT = pytest.StashKey[str]()
+
+
+@pytest.fixture
+def data_dir() -> str:
+    """A fresh data_dir for a private Redis of this test's own."""
+    from tests.service import fresh_data_dir
+    return fresh_data_dir()
 
 # ---------------------------------------------------------------------------
 # The mock LLM server (tests/mock_llm.py), one process per test session.

@@ -1,34 +1,17 @@
-"""Batch jobs (API.md, "Jobs").
+"""Batch jobs (API.md, "Jobs"): one engine on Redis, read in this order.
 
-    keys.py     every Redis key name
-    models.py   the job object, its spec, events, chunks
-    queue.py    the producer: validate, plan chunks, enqueue
-    store.py    job state in Redis (JobStore: what the routes read)
-    scripts.py  the Lua that changes it atomically
-    runner.py   one chunk through Task.stream (shared by both workers)
+    keys.py     the vocabulary: every key, hash field, event kind and status (also the Lua's)
+    models.py   the job object, its spec, the request body, chunks and unit results
+    queue.py    the producer: plan a validated request into chunks, enqueue it in one MULTI
+    scripts.py  the Lua that changes a job atomically (start, save rows, finish)
+    store.py    JobStore: what the routes read and the workers write
+    runner.py   one chunk through Task.stream
     writer.py   the worker's batched saves
     claims.py   the worker's side of the consumer group (read, keep, reclaim, release, ack)
-    worker.py   the Redis consumer (`synthserve worker`)
-    local.py    the in-process store and worker, without Redis (not durable)
+    worker.py   the consumer: `synthserve worker`, and the API's own in the default set-up
+    follow.py   event streams: one blocking read per process, fanned out in memory
+    private.py  the default set-up's redis-server, a child of the API server
+
+app.main's lifespan composes them: Redis (configured, or private), the store, the event
+reader, and a worker when the API process consumes jobs itself.
 """
-
-from __future__ import annotations
-
-from typing import TYPE_CHECKING
-
-from .store import JobStore
-
-if TYPE_CHECKING:
-    from ..state import AppState
-
-__all__ = ["JobStore", "open_jobs"]
-
-
-def open_jobs(state: AppState) -> JobStore:
-    """The API's job store: Redis with `[jobs] redis_url`, else in process."""
-    config = state.settings.jobs
-    if config.redis_url:
-        from .store import RedisJobStore
-        return RedisJobStore.from_config(config)
-    from .local import LocalJobStore
-    return LocalJobStore(state.registry, state.backends, config)

@@ -1,4 +1,7 @@
-"""Every Redis key, stream, group and channel name of the jobs subsystem, and nowhere else.
+"""The vocabulary of the jobs subsystem, named once: every Redis key, stream, group and
+channel, every field of the job hash and of its events, the job statuses. The Lua
+scripts (scripts.py) get the same names through `LUA_NAMES`, so Python and Lua cannot
+disagree.
 
     synthserve:queue                 stream   one entry per chunk of units: {job, units, rows (their
                                               input rows, JSON)}; deleted when acknowledged
@@ -7,19 +10,81 @@
     synthserve:cancel                channel  job ids cancelled or deleted (workers drop their work)
     synthserve:jobs:{owner}          zset     job ids of one owner (API key id, "-" without auth),
                                               scored by creation time in microseconds
-    synthserve:job:{id}              hash     the job: public fields, counters, spec, event_seq
+    synthserve:job:{id}              hash     the job: Field.* (public fields, counters, spec, event_seq)
     synthserve:job:{id}:units        hash     unit -> rows stored; HSETNX here is the exactly-once gate
     synthserve:job:{id}:results      hash     output index -> finished row (JSON)
-    synthserve:job:{id}:events       stream   entry id "<seq>-0": {e: row, i} or {e: progress|done, job fields}
+    synthserve:job:{id}:events       stream   entry id "<seq>-0": {e: row, i: index} or
+                                              {e: progress|done, SNAPSHOT fields}
     synthserve:job:{id}:checkpoints  hash     unit -> {step: answer} (JSON) of multi-call tasks
+    synthserve:wake:{process}        stream   wakes one API process's event reader (jobs/follow.py)
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 PREFIX = "synthserve"
 QUEUE = f"{PREFIX}:queue"
 GROUP = "workers"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
+PROGRESS_INTERVAL_MS = 500  # progress events at most this often (API.md)
+
+
+class JobStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE = frozenset({JobStatus.QUEUED, JobStatus.RUNNING})
+TERMINAL = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+class Field(StrEnum):
+    """Fields of the job hash."""
+
+    # the job object (API.md)
+    ID = "id"
+    TASK = "task"
+    OWNER = "owner"
+    STATUS = "status"
+    CREATED_AT = "created_at"
+    STARTED_AT = "started_at"
+    FINISHED_AT = "finished_at"
+    TOTAL = "total"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    INPUT_TOKENS = "input_tokens"
+    OUTPUT_TOKENS = "output_tokens"
+    ERROR = "error"
+    SEED = "seed"
+    # the engine's own
+    SPEC = "spec"                      # JobSpec, JSON
+    UNITS_TOTAL = "units_total"
+    UNITS_DONE = "units_done"
+    ROWS_OUT = "rows_out"              # next free output index (rows per unit that vary)
+    VARIABLE = "variable"              # "1": rows per unit vary, `total` is set at the end
+    EVENT_SEQ = "event_seq"            # the last event's seq
+    PROGRESS_COUNT = "progress_count"  # completed + failed at the last progress event
+    PROGRESS_MS = "progress_ms"        # when the last progress event was logged
+    LAST_ERROR = "last_error"          # why a chunk failed last (for the give-up message)
+
+
+# What progress and done events carry: the fields of the job that change while it runs.
+SNAPSHOT = (Field.STATUS, Field.TOTAL, Field.COMPLETED, Field.FAILED, Field.INPUT_TOKENS, Field.OUTPUT_TOKENS,
+            Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR)
+
+
+class Event(StrEnum):
+    """Event kinds, and the fields of an event entry."""
+
+    PROGRESS = "progress"
+    ROW = "row"
+    DONE = "done"
+    KIND = "e"     # field: the kind
+    INDEX = "i"    # field of a row event: the output index
 
 
 def owner_index(owner: str | None) -> str:
@@ -46,6 +111,24 @@ def checkpoints(job_id: str) -> str:
     return f"{job(job_id)}:checkpoints"
 
 
+def wake(process: str) -> str:
+    return f"{PREFIX}:wake:{process}"
+
+
 def job_keys(job_id: str) -> list[str]:
     """The keys of one job, in the order the Lua scripts take them (KEYS[1..5])."""
     return [job(job_id), units(job_id), results(job_id), events(job_id), checkpoints(job_id)]
+
+
+def _lua_table(name: str, values: dict[str, str]) -> str:
+    return f"local {name} = {{" + ", ".join(f"{k.lower()} = '{v}'" for k, v in values.items()) + "}"
+
+
+# The Lua side of this module: F.status, S.running, E.row, SNAPSHOT, PROGRESS_INTERVAL_MS
+LUA_NAMES = "\n".join([
+    _lua_table("F", {f.name: f.value for f in Field}),
+    _lua_table("S", {s.name: s.value for s in JobStatus}),
+    _lua_table("E", {e.name: e.value for e in Event}),
+    "local SNAPSHOT = {" + ", ".join(f"'{name}'" for name in SNAPSHOT) + "}",
+    f"local PROGRESS_INTERVAL_MS = {PROGRESS_INTERVAL_MS}",
+])

@@ -1,5 +1,5 @@
 """The job object (API.md, "Jobs"), what a worker needs to run one (JobSpec), the request
-body, and the small records that move between runner, stores and routes."""
+body, and the small records that move between runner, store and routes."""
 
 from __future__ import annotations
 
@@ -7,20 +7,14 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..schemas import LLMSpec
+from tasks.base import Split
 
-QUEUED, RUNNING, COMPLETED, FAILED, CANCELLED = "queued", "running", "completed", "failed", "cancelled"
-ACTIVE = frozenset({QUEUED, RUNNING})
-TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-PROGRESS_INTERVAL_MS = 500  # progress events at most this often (API.md)
-
-# Fields of the job hash that change while it runs; progress/done events carry a snapshot.
-MUTABLE = ("status", "total", "completed", "failed", "input_tokens", "output_tokens",
-           "started_at", "finished_at", "error")
+from ..schemas import LLMSpec, UsageOut
+from .keys import TERMINAL, Field as F, JobStatus
 
 
 def now_iso() -> str:
@@ -41,7 +35,8 @@ class JobRequest(BaseModel):
     task: str = Field(description="A task name from GET /tasks.")
     rows: list[dict[str, Any]] = Field(default_factory=list,
                                        description="Input rows; absent or empty for generator tasks.")
-    params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see `params_schema`).")
+    params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see `params_schema`); "
+                                   "without `seed` the server draws one (returned in the job object).")
     llm: LLMSpec = LLMSpec()
     include_raw: bool = Field(True, description="Keep `metadata.raw_input` and `raw_output`.")
 
@@ -52,21 +47,17 @@ class ProgressOut(BaseModel):
     failed: int = Field(description="Rows finished with a row `error`.")
 
 
-class UsageOut(BaseModel):
-    input_tokens: int = 0
-    output_tokens: int = 0
-
-
 class JobOut(BaseModel):
     id: str
     task: str
-    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status: JobStatus
     created_at: str
     started_at: str | None
     finished_at: str | None
     progress: ProgressOut
     usage: UsageOut
     error: str | None = Field(description="Why a `failed` job could not run.")
+    seed: int | None = Field(None, description="The seed the job runs with (drawn by the server when not given).")
 
 
 class JobList(BaseModel):
@@ -74,9 +65,8 @@ class JobList(BaseModel):
 
 
 class JobSpec(BaseModel):
-    """Everything a worker needs besides the rows; stored with the job. `per_unit` is the
-    task's rows per unit (None: it varies, one unit per chunk); `whole` marks tasks that
-    override `Task.stream` (evol generators): one chunk holding every unit."""
+    """Everything a worker needs besides the rows; stored with the job. `split` is the
+    task's (Task.split); `per_unit` its rows per unit (None: it varies, one unit per chunk)."""
 
     task: str
     backend: str
@@ -86,8 +76,12 @@ class JobSpec(BaseModel):
     include_raw: bool = True
     units_total: int
     per_unit: int | None = 1
-    whole: bool = False
-    has_rows: bool = True
+    split: Split = "rows"
+    has_rows: bool = True  # False for generators: no input rows travel with the chunks
+
+    @property
+    def whole(self) -> bool:
+        return self.split == "whole"
 
 
 @dataclass(slots=True)
@@ -95,7 +89,7 @@ class Job:
     id: str
     task: str
     owner: str | None
-    status: str
+    status: JobStatus
     created_at: str
     total: int
     started_at: str | None = None
@@ -105,13 +99,14 @@ class Job:
     input_tokens: int = 0
     output_tokens: int = 0
     error: str | None = None
+    seed: int | None = None
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "task": self.task, "status": self.status, "created_at": self.created_at,
+        return {"id": self.id, "task": self.task, "status": str(self.status), "created_at": self.created_at,
                 "started_at": self.started_at, "finished_at": self.finished_at,
                 "progress": {"total": self.total, "completed": self.completed, "failed": self.failed},
                 "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
-                "error": self.error}
+                "error": self.error, "seed": self.seed}
 
     @property
     def finished(self) -> bool:
@@ -120,37 +115,28 @@ class Job:
     # ---- as a Redis hash (strings; "" for None) ----
 
     def to_fields(self) -> dict[str, str]:
-        return {"id": self.id, "task": self.task, "owner": self.owner or "", "status": self.status,
-                "created_at": self.created_at, "started_at": self.started_at or "",
-                "finished_at": self.finished_at or "", "total": str(self.total),
-                "completed": str(self.completed), "failed": str(self.failed),
-                "input_tokens": str(self.input_tokens), "output_tokens": str(self.output_tokens),
-                "error": self.error or ""}
+        return {F.ID: self.id, F.TASK: self.task, F.OWNER: self.owner or "", F.STATUS: self.status,
+                F.CREATED_AT: self.created_at, F.STARTED_AT: self.started_at or "",
+                F.FINISHED_AT: self.finished_at or "", F.TOTAL: str(self.total),
+                F.COMPLETED: str(self.completed), F.FAILED: str(self.failed),
+                F.INPUT_TOKENS: str(self.input_tokens), F.OUTPUT_TOKENS: str(self.output_tokens),
+                F.ERROR: self.error or "", F.SEED: "" if self.seed is None else str(self.seed)}
 
     @classmethod
     def from_fields(cls, f: dict[str, str]) -> Job:
-        return cls(id=f["id"], task=f["task"], owner=f.get("owner") or None, status=f["status"],
-                   created_at=f["created_at"], total=int(f.get("total") or 0)).with_fields(f)
+        seed = f.get(F.SEED)
+        return cls(id=f[F.ID], task=f[F.TASK], owner=f.get(F.OWNER) or None, status=JobStatus(f[F.STATUS]),
+                   created_at=f[F.CREATED_AT], total=int(f.get(F.TOTAL) or 0),
+                   seed=int(seed) if seed else None).with_fields(f)
 
     def with_fields(self, f: dict[str, str]) -> Job:
-        """This job with the mutable fields of `f` (a hash or an event snapshot) laid over."""
+        """This job with the SNAPSHOT fields of `f` (a hash or an event) laid over."""
         return replace(
-            self, status=f.get("status") or self.status, total=int(f.get("total") or self.total),
-            completed=int(f.get("completed") or 0), failed=int(f.get("failed") or 0),
-            input_tokens=int(f.get("input_tokens") or 0), output_tokens=int(f.get("output_tokens") or 0),
-            started_at=f.get("started_at") or None, finished_at=f.get("finished_at") or None,
-            error=f.get("error") or None)
-
-
-@dataclass(slots=True)
-class Event:
-    """One entry of a job's event log. `seq` is the SSE id (1, 2, ...); a `row` event names
-    the output index, `progress` and `done` carry the job as it was."""
-
-    seq: int
-    kind: str
-    index: int | None = None
-    job: Job | None = None
+            self, status=JobStatus(f.get(F.STATUS) or self.status), total=int(f.get(F.TOTAL) or self.total),
+            completed=int(f.get(F.COMPLETED) or 0), failed=int(f.get(F.FAILED) or 0),
+            input_tokens=int(f.get(F.INPUT_TOKENS) or 0), output_tokens=int(f.get(F.OUTPUT_TOKENS) or 0),
+            started_at=f.get(F.STARTED_AT) or None, finished_at=f.get(F.FINISHED_AT) or None,
+            error=f.get(F.ERROR) or None)
 
 
 @dataclass(slots=True)
@@ -161,10 +147,6 @@ class UnitResult:
     unit: int
     rows: list[tuple[int | None, dict[str, Any]]]
     usage: tuple[int, int] = (0, 0)  # (input, output) tokens of the unit's calls
-
-    @property
-    def failed(self) -> int:
-        return sum(row.get("error") is not None for _, row in self.rows)
 
 
 @dataclass(slots=True)

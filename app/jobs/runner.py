@@ -1,5 +1,5 @@
-"""Run one chunk of a job through the task, the same way for the Redis worker and the
-in-process one: `task.stream(run)` over the chunk's units, rows grouped back into units
+"""Run one chunk of a job through the task (the worker's inner loop): `task.stream(run)`
+over the chunk's units, rows grouped back into units
 (the unit of exactly-once storage), checkpoints handed out as they are taken."""
 
 from __future__ import annotations

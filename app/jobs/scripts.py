@@ -3,58 +3,63 @@ count them + log the events + acknowledge the chunk" is one step: a worker kille
 point leaves either all of it or none of it, and the HSETNX on the units hash makes a
 unit that two workers both finished count once.
 
-Job scripts take KEYS = keys.job_keys(id) (+ the queue for SAVE)."""
+Job scripts take KEYS = keys.job_keys(id) (+ the queue for SAVE), and every name they use
+comes from keys.py (the PRELUDE's tables)."""
 
 from __future__ import annotations
 
-from .models import MUTABLE, PROGRESS_INTERVAL_MS
+from .keys import LUA_NAMES
 
-PRELUDE = """
+# Every job script starts with this: the names of keys.py (F.<field>, S.<status>,
+# E.<event kind>, SNAPSHOT) and the steps the scripts share.
+PRELUDE = LUA_NAMES + """
 local JOB, UNITS, RESULTS, EVENTS, CKPT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local SNAPSHOT = {%(snapshot)s}
 local function num(x) return tonumber(x) or 0 end
 
 local function emit(kind, index)
-  local seq = redis.call('HINCRBY', JOB, 'event_seq', 1)
-  if kind == 'row' then
-    redis.call('XADD', EVENTS, seq .. '-0', 'e', 'row', 'i', index)
+  local seq = redis.call('HINCRBY', JOB, F.event_seq, 1)
+  if kind == E.row then
+    redis.call('XADD', EVENTS, seq .. '-0', E.kind, E.row, E.index, index)
     return
   end
   local v = redis.call('HMGET', JOB, unpack(SNAPSHOT))
-  local args = {'XADD', EVENTS, seq .. '-0', 'e', kind}
+  local args, snap = {'XADD', EVENTS, seq .. '-0', E.kind, kind}, {}
   for i, name in ipairs(SNAPSHOT) do
     args[#args + 1] = name
     args[#args + 1] = v[i] or ''
+    snap[name] = v[i]
   end
   redis.call(unpack(args))
-  redis.call('HSET', JOB, 'progress_count', num(v[3]) + num(v[4]))
+  redis.call('HSET', JOB, F.progress_count, num(snap[F.completed]) + num(snap[F.failed]))
 end
 
 local function progress(now_ms)
-  local v = redis.call('HMGET', JOB, 'completed', 'failed', 'progress_count', 'progress_ms')
-  if num(v[1]) + num(v[2]) ~= num(v[3]) and num(now_ms) - num(v[4]) >= %(interval)d then
-    redis.call('HSET', JOB, 'progress_ms', now_ms)
-    emit('progress')
+  local v = redis.call('HMGET', JOB, F.completed, F.failed, F.progress_count, F.progress_ms)
+  if num(v[1]) + num(v[2]) ~= num(v[3]) and num(now_ms) - num(v[4]) >= PROGRESS_INTERVAL_MS then
+    redis.call('HSET', JOB, F.progress_ms, now_ms)
+    emit(E.progress)
   end
 end
 
+local function active(status) return status == S.queued or status == S.running end
+
 local function finish(status, now_iso, ttl, err)
-  redis.call('HSET', JOB, 'status', status, 'finished_at', now_iso)
-  if err then redis.call('HSET', JOB, 'error', err) end
-  emit('done')
+  redis.call('HSET', JOB, F.status, status, F.finished_at, now_iso)
+  if err then redis.call('HSET', JOB, F.error, err) end
+  emit(E.done)
   redis.call('DEL', UNITS, CKPT)
   for _, key in ipairs({JOB, RESULTS, EVENTS}) do redis.call('EXPIRE', key, ttl) end
 end
-""" % {"snapshot": ", ".join(f"'{name}'" for name in MUTABLE), "interval": PROGRESS_INTERVAL_MS}
+"""
 
 # ARGV: now_iso, now_ms -> status after ('' when the job is gone)
 START = PRELUDE + """
-local status = redis.call('HGET', JOB, 'status')
+local status = redis.call('HGET', JOB, F.status)
 if not status then return '' end
-if status == 'queued' then
-  redis.call('HSET', JOB, 'status', 'running', 'started_at', ARGV[1], 'progress_ms', ARGV[2])
-  emit('progress')
-  return 'running'
+if status == S.queued then
+  redis.call('HSET', JOB, F.status, S.running, F.started_at, ARGV[1], F.progress_ms, ARGV[2])
+  emit(E.progress)
+  return S.running
 end
 return status
 """
@@ -74,11 +79,11 @@ local function release()
     redis.call('XDEL', KEYS[6], entry)
   end
 end
-local status = redis.call('HGET', JOB, 'status')
+local status = redis.call('HGET', JOB, F.status)
 if not status then release(); return '' end
-if status ~= 'queued' and status ~= 'running' then release(); return status end
-if status == 'queued' then
-  redis.call('HSET', JOB, 'status', 'running', 'started_at', ARGV[4])
+if not active(status) then release(); return status end
+if status == S.queued then
+  redis.call('HSET', JOB, F.status, S.running, F.started_at, ARGV[4])
 end
 local drop, blob, pos, done = ARGV[7] == '1', ARGV[9], 1, 0
 for _ = 1, tonumber(ARGV[8]) do
@@ -86,17 +91,17 @@ for _ = 1, tonumber(ARGV[8]) do
   pos = stop + 1
   local fresh = redis.call('HSETNX', UNITS, unit, k) == 1
   if fresh then
-    redis.call('HINCRBY', JOB, 'input_tokens', tokens_in)
-    redis.call('HINCRBY', JOB, 'output_tokens', tokens_out)
+    redis.call('HINCRBY', JOB, F.input_tokens, tokens_in)
+    redis.call('HINCRBY', JOB, F.output_tokens, tokens_out)
   end
   for _ = 1, tonumber(k) do
     local _, head, index, failed, size = string.find(blob, '^(%S+) (%d) (%d+)\\n', pos)
     pos = head + 1 + tonumber(size)
     if fresh then
-      if index == '-' then index = redis.call('HINCRBY', JOB, 'rows_out', 1) - 1 end
+      if index == '-' then index = redis.call('HINCRBY', JOB, F.rows_out, 1) - 1 end
       if redis.call('HSETNX', RESULTS, index, string.sub(blob, head + 1, pos - 1)) == 1 then
-        redis.call('HINCRBY', JOB, failed == '1' and 'failed' or 'completed', 1)
-        emit('row', index)
+        redis.call('HINCRBY', JOB, failed == '1' and F.failed or F.completed, 1)
+        emit(E.row, index)
       end
     end
   end
@@ -106,28 +111,28 @@ for _ = 1, tonumber(ARGV[8]) do
   end
 end
 release()
-local units_done = redis.call('HINCRBY', JOB, 'units_done', done)
-if units_done >= num(redis.call('HGET', JOB, 'units_total')) then
-  local v = redis.call('HMGET', JOB, 'completed', 'failed', 'variable')
-  if v[3] == '1' then redis.call('HSET', JOB, 'total', num(v[1]) + num(v[2])) end
-  finish('completed', ARGV[4], ARGV[5], false)
-  return 'completed'
+local units_done = redis.call('HINCRBY', JOB, F.units_done, done)
+if units_done >= num(redis.call('HGET', JOB, F.units_total)) then
+  local v = redis.call('HMGET', JOB, F.completed, F.failed, F.variable)
+  if v[3] == '1' then redis.call('HSET', JOB, F.total, num(v[1]) + num(v[2])) end
+  finish(S.completed, ARGV[4], ARGV[5], false)
+  return S.completed
 end
 progress(ARGV[3])
-return 'running'
+return S.running
 """
 
 # ARGV: now_ms. A progress event if progress changed and the last one is old enough.
 FLUSH_PROGRESS = PRELUDE + """
-if redis.call('HGET', JOB, 'status') == 'running' then progress(ARGV[1]) end
+if redis.call('HGET', JOB, F.status) == S.running then progress(ARGV[1]) end
 return 1
 """
 
-# ARGV: status ('cancelled' | 'failed'), now_iso, ttl, error ('' = none) -> status after
+# ARGV: status (cancelled | failed), now_iso, ttl, error ('' = none) -> status after
 FINISH = PRELUDE + """
-local status = redis.call('HGET', JOB, 'status')
+local status = redis.call('HGET', JOB, F.status)
 if not status then return '' end
-if status ~= 'queued' and status ~= 'running' then return status end
+if not active(status) then return status end
 finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4] ~= '' and ARGV[4] or false)
 return ARGV[1]
 """

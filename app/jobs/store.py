@@ -1,9 +1,6 @@
-"""Job state in Redis (keys.py names every key): what the API reads and what workers write.
-
-`JobStore` is the interface the routes see; `RedisJobStore` keeps
-everything in Redis, so any API server answers for any job, and `app.jobs.local` keeps it
-in this process. Rows and events are handed out as raw JSON strings: the routes frame
-them without decoding.
+"""Job state in Redis (keys.py names every key): what the API reads and what workers
+write. Any API server answers for any job. Rows and events are handed out as raw JSON
+strings: the routes frame them without decoding.
 """
 
 from __future__ import annotations
@@ -11,40 +8,21 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from ..config import JobsConfig
 from . import keys, queue, scripts
-from .models import CANCELLED, FAILED, Event, Job, JobSpec, UnitResult, now_iso, now_ms
+from .keys import Field, JobStatus
+from .models import Job, JobSpec, UnitResult, now_iso, now_ms
 from .queue import Submission
 
 RESULTS_BATCH = 500
-EVENTS_BATCH = 500
-
-
-class JobStore(Protocol):
-    durable: bool
-
-    async def start(self) -> None: ...
-    async def aclose(self) -> None: ...
-    async def queue_depth(self) -> int: ...
-    async def submit(self, sub: Submission) -> Job: ...
-    async def get(self, job_id: str) -> Job | None: ...
-    async def list(self, owner: str | None, limit: int) -> list[Job]: ...
-
-    def results(self, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
-        """Finished rows so far as (index, row JSON), sorted by index, in batches."""
-
-    async def events(self, job: Job, after: int, wait_s: float) -> list[Event] | None:
-        """Events with seq > after, waiting up to wait_s for the first; None: job gone."""
-
-    async def rows(self, job_id: str, indexes: Sequence[int]) -> list[str | None]: ...
-    async def cancel(self, job_id: str) -> Job | None: ...
-    async def delete(self, job: Job) -> None: ...
+# socket_timeout above every BLOCK the engine uses (event reads: 1 s, queue reads: 0.5 s)
+SOCKET_TIMEOUT_S = 30
 
 
 def dumps(value: Any) -> str:
@@ -89,9 +67,7 @@ def lua(script: AsyncScript, keys: list[str], args: list[Any]) -> tuple:
     return ("EVALSHA", script.sha, len(keys), *keys, *args)
 
 
-class RedisJobStore:
-    durable = True
-
+class JobStore:
     def __init__(self, redis: Redis, config: JobsConfig):
         self.redis = redis
         self.config = config
@@ -102,14 +78,8 @@ class RedisJobStore:
         self._hset_if_job = redis.register_script(scripts.HSET_IF_JOB)
 
     @classmethod
-    def from_config(cls, config: JobsConfig) -> RedisJobStore:
-        # socket_timeout above every BLOCK we use (events: <= 2 s, queue reads: <= 1 s)
-        redis = Redis.from_url(config.redis_url, decode_responses=True, socket_timeout=30,
-                               socket_connect_timeout=5, health_check_interval=30)
-        return cls(redis, config)
-
-    async def start(self) -> None:
-        pass
+    def connect(cls, url: str, config: JobsConfig) -> JobStore:
+        return cls(connect(url, config.pool_size), config)
 
     async def aclose(self) -> None:
         await self.redis.aclose()
@@ -128,7 +98,8 @@ class RedisJobStore:
         fields = await self.redis.hgetall(keys.job(job_id))
         return Job.from_fields(fields) if fields.get("id") else None
 
-    async def list(self, owner: str | None, limit: int) -> list[Job]:
+    async def list_jobs(self, owner: str | None, limit: int) -> list[Job]:
+        """The owner's jobs, newest first."""
         index = keys.owner_index(owner)
         ids = await self.redis.zrevrange(index, 0, limit - 1)
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -141,7 +112,7 @@ class RedisJobStore:
         return [Job.from_fields(f) for f in found if f.get("id")]
 
     async def results(self, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
-        total, rows_out = await self.redis.hmget(keys.job(job.id), "total", "rows_out")
+        total, rows_out = await self.redis.hmget(keys.job(job.id), [Field.TOTAL, Field.ROWS_OUT])
         bound = max(int(total or 0), int(rows_out or 0))
         for start in range(0, bound, RESULTS_BATCH):
             indexes = range(start, min(start + RESULTS_BATCH, bound))
@@ -150,29 +121,13 @@ class RedisJobStore:
             if batch:
                 yield batch
 
-    async def events(self, job: Job, after: int, wait_s: float) -> list[Event] | None:
-        key = keys.events(job.id)
-        answer = await self.redis.xread({key: f"{after}-0"}, count=EVENTS_BATCH,
-                                        block=max(1, int(wait_s * 1000)))
-        if not answer:
-            return None if not await self.redis.exists(keys.job(job.id)) else []
-        out = []
-        for entry_id, fields in answer[0][1]:
-            seq = int(entry_id.split("-", 1)[0])
-            kind = fields.get("e", "")
-            if kind == "row":
-                out.append(Event(seq, kind, index=int(fields["i"])))
-            else:
-                out.append(Event(seq, kind, job=job.with_fields(fields)))
-        return out
-
     async def rows(self, job_id: str, indexes: Sequence[int]) -> list[str | None]:
         if not indexes:
             return []
         return await self.redis.hmget(keys.results(job_id), [str(i) for i in indexes])
 
     async def cancel(self, job_id: str) -> Job | None:
-        await self.finish(job_id, CANCELLED)
+        await self.finish(job_id, JobStatus.CANCELLED)
         return await self.get(job_id)
 
     async def delete(self, job: Job) -> None:
@@ -203,7 +158,7 @@ class RedisJobStore:
         return Begun(status=status, done={u for u, d in zip(units, done) if d is not None}, checkpoints=ckpt)
 
     async def spec(self, job_id: str) -> JobSpec | None:
-        raw = await self.redis.hget(keys.job(job_id), "spec")
+        raw = await self.redis.hget(keys.job(job_id), Field.SPEC)
         return None if raw is None else JobSpec.model_validate_json(raw)
 
     async def save(self, ops: Sequence[SaveOp], checkpoints: Sequence[tuple[str, int, str]] = ()) -> list[str]:
@@ -218,9 +173,9 @@ class RedisJobStore:
             commands.append(lua(self._save, [*keys.job_keys(op.job_id), keys.QUEUE], args))
         return (await self._execute(commands))[len(checkpoints):]
 
-    async def finish(self, job_id: str, status: str, error: str | None = None) -> str:
+    async def finish(self, job_id: str, status: JobStatus, error: str | None = None) -> str:
         """Cancel or fail a job that is still active; tells the workers to drop it."""
-        assert status in (CANCELLED, FAILED)
+        assert status in (JobStatus.CANCELLED, JobStatus.FAILED)
         after, _ = await self._execute([
             lua(self._finish, keys.job_keys(job_id), [status, now_iso(), self.config.result_ttl_s, error or ""]),
             ("PUBLISH", keys.CANCEL_CHANNEL, job_id),
@@ -260,12 +215,21 @@ class RedisJobStore:
     async def statuses(self, job_ids: Sequence[str]) -> dict[str, str]:
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
-                pipe.hget(keys.job(job_id), "status")
+                pipe.hget(keys.job(job_id), Field.STATUS)
             found = await pipe.execute()
         return {job_id: status or "" for job_id, status in zip(job_ids, found)}
 
     async def last_error(self, job_id: str) -> str | None:
-        return await self.redis.hget(keys.job(job_id), "last_error")
+        return await self.redis.hget(keys.job(job_id), Field.LAST_ERROR)
 
     async def set_last_error(self, job_id: str, message: str) -> None:
-        await self._hset_if_job(keys=[keys.job(job_id), keys.job(job_id)], args=["last_error", message])
+        await self._hset_if_job(keys=[keys.job(job_id), keys.job(job_id)], args=[Field.LAST_ERROR, message])
+
+
+def connect(url: str, pool_size: int) -> Redis:
+    """A client on a pool of at most `pool_size` connections; a command that finds them all
+    busy waits for one (up to SOCKET_TIMEOUT_S) rather than failing at once."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=SOCKET_TIMEOUT_S,
+                                           decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+                                           socket_connect_timeout=5, health_check_interval=30)
+    return Redis.from_pool(pool)

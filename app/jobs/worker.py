@@ -19,6 +19,7 @@ worker takes them over at once. A second signal skips the grace period.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
 import logging
@@ -28,6 +29,7 @@ import socket
 import sys
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from secrets import token_hex
 
@@ -39,9 +41,10 @@ from tasks import Registry
 from ..config import JobsConfig, Settings
 from . import keys
 from .claims import Claims
-from .models import ACTIVE, FAILED, RUNNING, Chunk, UnitResult
+from .keys import ACTIVE, JobStatus
+from .models import Chunk, UnitResult
 from .runner import JobRuntime, JobSetupError, error_units, run_chunk
-from .store import Begun, RedisJobStore, SaveOp
+from .store import Begun, JobStore, SaveOp
 from .writer import Writer
 
 log = logging.getLogger("synthserve.jobs")
@@ -64,7 +67,7 @@ class InFlight:
 
 @dataclass
 class Worker:
-    store: RedisJobStore
+    store: JobStore
     registry: Registry
     backends: dict[str, LLMClient]
     config: JobsConfig
@@ -105,6 +108,16 @@ class Worker:
             await self._consume()
         finally:
             await self._shutdown(helpers)
+
+    @contextlib.asynccontextmanager
+    async def serving(self) -> AsyncIterator[Worker]:
+        """Run in the background (the API process's own worker); on exit stop as on SIGTERM."""
+        task = asyncio.create_task(self.run(), name=f"worker-{self.name}")
+        try:
+            yield self
+        finally:
+            self.stop()
+            await asyncio.gather(task, return_exceptions=True)
 
     async def _shutdown(self, helpers: list[asyncio.Task]) -> None:
         running = [f.task for f in self._in_flight.values() if f.task is not None]
@@ -233,7 +246,7 @@ class Worker:
                 # the common case, without a round trip: a first delivery has no stored units
                 # nor checkpoints, and the job is known to run (a cancel reaches us by pub/sub
                 # or by the status poll, and the SAVE script refuses rows of an ended job)
-                begun = Begun(RUNNING, set(), {})
+                begun = Begun(JobStatus.RUNNING, set(), {})
             else:
                 begun = await self.store.begin(job_id, flight.units, whole=rt.spec.whole)
                 if begun.status not in ACTIVE:
@@ -262,7 +275,7 @@ class Worker:
             raise
         except JobSetupError as exc:
             log.error("job %s cannot run here: %s", job_id, exc)
-            await self.store.finish(job_id, FAILED, str(exc))
+            await self.store.finish(job_id, JobStatus.FAILED, str(exc))
             await self.claims.ack(entry)
         except Exception as exc:
             # a bug in a task, or Redis gone: leave the chunk to be retried (by any worker)
@@ -301,7 +314,7 @@ class Worker:
         message = f"gave up after {chunk.attempt - 1} attempts: {last}"
         log.warning("job %s: chunk %s %s", chunk.job_id, entry, message)
         if rt.spec.per_unit is None:
-            await self.store.finish(chunk.job_id, FAILED, message)
+            await self.store.finish(chunk.job_id, JobStatus.FAILED, message)
             return await self.claims.ack(entry)
         await self.writer.save(SaveOp(chunk.job_id, entry, error_units(rt, chunk, todo, message), ack=True,
                                       drop_checkpoints=not rt.spec.whole))
@@ -368,7 +381,7 @@ async def _serve(settings: Settings) -> int:
             await client.start()
         except Exception as exc:  # a backend that is down marks its rows, it does not stop the worker
             log.warning("backend %s did not start: %s", client.name, exc)
-    store = RedisJobStore.from_config(settings.jobs)
+    store = JobStore.connect(settings.jobs.redis_url, settings.jobs)
     worker = Worker(store, state.registry, state.backends, settings.jobs)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -392,7 +405,8 @@ async def _serve(settings: Settings) -> int:
 
 def run_worker(settings: Settings) -> int:
     if not settings.jobs.redis_url:
-        print("synthserve worker: needs [jobs] redis_url (without it, jobs run inside the API server)",
+        print("synthserve worker: needs [jobs] redis_url: a Redis server, or the private one of "
+              "`synthserve serve` (redis_url = \"unix://<its data_dir>/redis.sock\"), which also runs jobs itself",
               file=sys.stderr)
         return 2
     try:

@@ -11,14 +11,14 @@ from collections.abc import Callable
 
 from redis import exceptions as redis_errors
 
-from .models import ACTIVE
-from .store import RedisJobStore, SaveOp
+from .keys import ACTIVE
+from .store import JobStore, SaveOp
 
 log = logging.getLogger("synthserve.jobs")
 
 
 class Writer:
-    def __init__(self, store: RedisJobStore, *, on_inactive: Callable[[str, str], None],
+    def __init__(self, store: JobStore, *, on_inactive: Callable[[str, str], None],
                  interval_s: float = 0.05):
         self.store = store
         self.on_inactive = on_inactive  # (job id, status) for a job that is no longer running

@@ -14,7 +14,6 @@ from tasks import Task, TaskRun
 from .. import sse
 from ..deps import StateDep, wants_sse
 from ..errors import SynthserveError
-from ..runs import build_run, get_task
 from ..schemas import TaskDetail, TaskList, TaskRequest, TaskResponse
 
 router = APIRouter(tags=["tasks"])
@@ -31,7 +30,7 @@ async def list_tasks(state: StateDep) -> dict:
 
 @router.get("/tasks/{name}", response_model=TaskDetail)
 async def describe_task(name: str, state: StateDep) -> dict:
-    task = get_task(state, name)
+    task = state.task(name)
     return {**task.info(), "params_schema": task.Params.model_json_schema()}
 
 
@@ -40,7 +39,7 @@ async def describe_task(name: str, state: StateDep) -> dict:
                         404: {"description": "unknown task"}, 413: {"description": "too many rows"},
                         422: {"description": "invalid body, params, rows or backend"}})
 async def run_task(name: str, body: TaskRequest, request: Request, state: StateDep):
-    task, run = build_run(state, name, body.rows, body.params, body.llm, body.include_raw)
+    task, run = state.prepare_run(name, body)
     if wants_sse(request, body.stream):
         return sse.SSEResponse(task_events(task, run, tokens=body.stream_tokens, metrics=state.metrics))
     rows: dict[int, dict] = {}

@@ -22,7 +22,7 @@ import redis
 
 from app.config import JobsConfig, Settings
 from tests.conftest import ROOT
-from tests.service import free_port, mock_settings
+from tests.service import free_port, fresh_data_dir, mock_settings
 
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
@@ -75,6 +75,8 @@ def rds(redis_server: RedisServer) -> redis.Redis:
 def jobs_settings(mock_url: str, redis_url: str | None, *, max_concurrency: int = 8,
                   **jobs: Any) -> Settings:
     jobs.setdefault("claim_idle_ms", 1000)
+    if redis_url is None:  # the default set-up: a private Redis, here of this app's own
+        jobs.setdefault("data_dir", fresh_data_dir())
     return mock_settings(mock_url, max_concurrency=max_concurrency,
                          jobs=JobsConfig(redis_url=redis_url, **jobs))
 

@@ -18,10 +18,10 @@ from .conftest import jobs_settings, text_rows, wait_job
 KEYS_ENV = "SYNTHSERVE_TEST_JOB_KEYS"
 
 
-@pytest.mark.parametrize("mode", ["redis", "local"])
-async def test_jobs_belong_to_their_key(mock, rds, redis_server, workers, monkeypatch, mode):
+@pytest.mark.parametrize("mode", ["redis", "private"])
+async def test_jobs_belong_to_their_key(mock, rds, redis_server, workers, monkeypatch, mode, data_dir):
     monkeypatch.setenv(KEYS_ENV, "key-a,key-b")
-    settings = jobs_settings(mock.url, redis_server.url if mode == "redis" else None)
+    settings = jobs_settings(mock.url, redis_server.url if mode == "redis" else None, data_dir=data_dir)
     settings.server = ServerConfig(api_keys_env=KEYS_ENV)
     if mode == "redis":
         workers(settings)

@@ -12,18 +12,18 @@ from tests.service import serve
 from .conftest import get_job, jobs_settings, read_events, results, text_rows, wait_job
 
 
-@pytest.fixture(params=["redis", "local"])
+@pytest.fixture(params=["redis", "private"])
 def mode(request):
     return request.param
 
 
 @pytest.fixture
-def settings(mode, mock, rds, redis_server, workers):
+def settings(mode, mock, rds, redis_server, workers, data_dir):
     if mode == "redis":
         s = jobs_settings(mock.url, redis_server.url, max_concurrency=4)
         workers(s)
         return s
-    return jobs_settings(mock.url, None, max_concurrency=4)
+    return jobs_settings(mock.url, None, max_concurrency=4, data_dir=data_dir)
 
 
 async def test_cancel_stops_calls_and_keeps_rows(mock, settings):

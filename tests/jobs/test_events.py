@@ -10,13 +10,13 @@ from tests.service import serve
 from .conftest import jobs_settings, read_events, text_rows, wait_job
 
 
-@pytest.fixture(params=["redis", "local"])
-def mode_settings(request, mock, rds, redis_server, workers):
+@pytest.fixture(params=["redis", "private"])
+def mode_settings(request, mock, rds, redis_server, workers, data_dir):
     if request.param == "redis":
         settings = jobs_settings(mock.url, redis_server.url, max_concurrency=4)
         workers(settings)
         return settings
-    return jobs_settings(mock.url, None, max_concurrency=4)
+    return jobs_settings(mock.url, None, max_concurrency=4, data_dir=data_dir)
 
 
 async def test_resume_from_last_event_id(mock, mode_settings):

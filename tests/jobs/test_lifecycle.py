@@ -1,5 +1,6 @@
 """A job from queued to completed: the job object, NDJSON results, server-sent events;
-with Redis and a worker process, and in process without Redis."""
+with a configured Redis and a worker process, and with the private Redis of the default
+set-up, whose jobs the API process runs itself."""
 
 from __future__ import annotations
 
@@ -54,16 +55,16 @@ async def test_lifecycle_redis(mock, rds, redis_server, workers):
         await run_lifecycle(client, mock)
 
 
-async def test_lifecycle_in_process(mock):
-    async with serve(jobs_settings(mock.url, None)) as client:
+async def test_lifecycle_private_redis(mock, data_dir):
+    async with serve(jobs_settings(mock.url, None, data_dir=data_dir)) as client:
         await run_lifecycle(client, mock)
 
 
-@pytest.mark.parametrize("mode", ["redis", "local"])
-async def test_newest_first(mock, rds, redis_server, workers, mode):
-    settings = jobs_settings(mock.url, redis_server.url if mode == "redis" else None)
+@pytest.mark.parametrize("mode", ["redis", "private"])
+async def test_newest_first(mock, rds, redis_server, workers, mode, data_dir):
+    settings = jobs_settings(mock.url, redis_server.url if mode == "redis" else None, data_dir=data_dir)
     async with serve(settings) as client:
         ids = [(await client.post("/jobs", json={"task": "text-generation", "rows": text_rows(1)})).json()["id"]
                for _ in range(3)]
         assert [j["id"] for j in (await client.get("/jobs")).json()["jobs"]] == ids[::-1]
-        assert (await get_job(client, ids[0]))["status"] == "queued" or mode == "local"
+        assert (await get_job(client, ids[0]))["status"] == "queued" or mode == "private"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 
@@ -14,7 +15,7 @@ from app.config import BackendConfig
 from app.jobs import keys
 from app.jobs.models import JobRequest, UnitResult
 from app.jobs.queue import plan
-from app.jobs.store import RedisJobStore, SaveOp
+from app.jobs.store import JobStore, SaveOp
 from app.jobs.worker import Worker
 from app.state import AppState
 from tasks.generation import TextGeneration
@@ -39,7 +40,7 @@ async def env(mock, rds, redis_server):
                              chunk_units=2, result_ttl_s=3600)
     state = AppState.build(settings)
     state.registry.add(Buggy())
-    store = RedisJobStore.from_config(settings.jobs)
+    store = JobStore.connect(redis_server.url, settings.jobs)
     try:
         yield settings, state, store
     finally:
@@ -66,13 +67,35 @@ async def finished(store, job_id, timeout=30):
     return await wait_for(check, timeout=timeout)
 
 
+def submission(state, req: JobRequest):
+    task, run = state.prepare_run(req.task, req)
+    backend, _ = state.backend(req.llm.backend)
+    return plan(task, run, req, owner=None, backend=backend, chunk_units=state.settings.jobs.chunk_units)
+
+
+@dataclasses.dataclass
+class LoggedEvent:
+    seq: int
+    kind: str
+    fields: dict
+
+    @property
+    def index(self) -> int:
+        return int(self.fields[keys.Event.INDEX])
+
+
+async def event_log(store, job) -> list[LoggedEvent]:
+    entries = await store.redis.xrange(keys.events(job.id))
+    return [LoggedEvent(int(i.split("-")[0]), f[keys.Event.KIND], f) for i, f in entries]
+
+
 async def all_results(store, job):
     return [item for batch in [b async for b in store.results(job)] for item in batch]
 
 
 async def test_save_counts_a_unit_once(env, rds):
     settings, state, store = env
-    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(3)), None)
+    sub = submission(state, JobRequest(task="text-generation", rows=text_rows(3)))
     job = await store.submit(sub)
     row = {"instruction": "row 0", "generation": "x", "error": None}
 
@@ -85,7 +108,7 @@ async def test_save_counts_a_unit_once(env, rds):
     got = await store.get(job.id)
     assert (got.completed, got.failed, got.status) == (1, 0, "running")
     assert rds.hlen(keys.results(job.id)) == 1
-    events = await store.events(got, 0, 0.01)
+    events = await event_log(store, got)
     assert [e.kind for e in events] == ["progress", "row", "progress"]  # queued, the one row, its progress
     errored = SaveOp(job.id, "", [UnitResult(1, [(1, {**row, "error": {"type": "llm_error", "message": "x"}})])])
     assert await store.save([errored, op(2)]) == ["running", "completed"]
@@ -105,7 +128,7 @@ async def test_save_counts_a_unit_once(env, rds):
 async def test_a_chunk_that_keeps_failing_gives_up_with_an_error(env):
     settings, state, store = env
     rows = [{"instruction": "fine 0"}, {"instruction": "boom"}, {"instruction": "fine 2"}, {"instruction": "fine 3"}]
-    sub = plan(state, JobRequest(task="buggy-generation", rows=rows), None)
+    sub = submission(state, JobRequest(task="buggy-generation", rows=rows))
     job = await store.submit(sub)
     async with running_worker(store, state, settings):
         job = await finished(store, job.id)
@@ -124,14 +147,14 @@ async def test_a_job_the_worker_cannot_run_fails(env, mock):
     other = BackendConfig(provider="openai", base_url=mock.url + "/v1", model="mock-model")
     settings.backends["other"] = other
     state = AppState.build(settings)
-    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(2), llm={"backend": "other"}), None)
+    sub = submission(state, JobRequest(task="text-generation", rows=text_rows(2), llm={"backend": "other"}))
     job = await store.submit(sub)
     worker_backends = {"mock": state.backends["mock"]}  # this worker lacks "other"
     async with running_worker(store, state, settings, backends=worker_backends):
         job = await finished(store, job.id)
     assert job.status == "failed" and "other" in job.error
-    events = await store.events(job, 0, 0.01)
-    assert events[-1].kind == "done" and events[-1].job.status == "failed"
+    events = await event_log(store, job)
+    assert events[-1].kind == "done" and events[-1].fields["status"] == "failed"
     for client in state.backends.values():
         await client.aclose()
 
@@ -155,7 +178,7 @@ async def test_rows_land_once_when_a_chunk_is_taken_over_while_it_runs(env, mock
     settings.jobs.max_row_attempts = 10
     mock.configure(latency_ms=400)  # longer than claim_idle_ms (200): the chunks go idle mid-call
     n = 16
-    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    sub = submission(state, JobRequest(task="text-generation", rows=text_rows(n)))
     job = await store.submit(sub)
     silent = SilentWorker(store, state.registry, state.backends, settings.jobs.model_copy(update={"worker_units": n}))
     silent_task = asyncio.create_task(silent.run())
@@ -169,25 +192,21 @@ async def test_rows_land_once_when_a_chunk_is_taken_over_while_it_runs(env, mock
     stored = await all_results(store, job)
     assert [i for i, _ in stored] == list(range(n))
     assert job.output_tokens == sum(json.loads(raw)["metadata"]["usage"]["output_tokens"] for _, raw in stored)
-    events = await store.events(job, 0, 0.01)
+    events = await event_log(store, job)
     assert sorted(e.index for e in events if e.kind == "row") == list(range(n))
 
 
 async def test_progress_events_are_throttled(env):
     settings, state, store = env
     n = 200
-    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    sub = submission(state, JobRequest(task="text-generation", rows=text_rows(n)))
     job = await store.submit(sub)
     rng = random.Random(0)
     order = list(range(n))
     rng.shuffle(order)
     for unit in order:  # 200 saves in well under a second
         await store.save([SaveOp(job.id, "", [UnitResult(unit, [(unit, {"error": None})])])])
-    events = []
-    after = 0
-    while batch := await store.events(job, after, 0.01):
-        events += batch
-        after = batch[-1].seq
+    events = await event_log(store, job)
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert sum(e.kind == "row" for e in events) == n
     assert sum(e.kind == "progress" for e in events) <= 3
@@ -200,7 +219,7 @@ async def test_live_workers_keep_their_chunks(env, mock):
     settings, state, store = env
     mock.configure(latency_ms=700)
     n = 16
-    sub = plan(state, JobRequest(task="text-generation", rows=text_rows(n)), None)
+    sub = submission(state, JobRequest(task="text-generation", rows=text_rows(n)))
     job = await store.submit(sub)
     async with running_worker(store, state, settings) as first:
         await wait_for(lambda: len(first._in_flight) > 1, timeout=10)

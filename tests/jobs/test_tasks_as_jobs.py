@@ -13,13 +13,13 @@ from tests.service import serve
 from .conftest import jobs_settings, read_events, results, wait_for, wait_job
 
 
-@pytest.fixture(params=["redis", "local"])
-def settings(request, mock, rds, redis_server, workers):
+@pytest.fixture(params=["redis", "private"])
+def settings(request, mock, rds, redis_server, workers, data_dir):
     if request.param == "redis":
         s = jobs_settings(mock.url, redis_server.url, max_concurrency=4, chunk_units=3)
         workers(s)
         return s
-    return jobs_settings(mock.url, None, max_concurrency=4, chunk_units=3)
+    return jobs_settings(mock.url, None, max_concurrency=4, chunk_units=3, data_dir=data_dir)
 
 
 async def test_whole_request_generator(mock, settings):
