@@ -149,15 +149,15 @@ async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: d
 
 async def run_in_process(spec: RunSpec, settings, console: Console) -> int:
     from ..errors import SynthserveError
-    from ..runs import build_run
-    from ..schemas import LLMSpec
+    from ..schemas import LLMSpec, TaskRequest
     from ..state import AppState
 
     out = spec.output
     state = AppState.build(settings)
     try:
-        task, run = build_run(state, spec.name, spec.rows, spec.params, LLMSpec.model_validate(spec.llm),
-                              spec.include_raw)
+        task, run = state.prepare_run(spec.name, TaskRequest(rows=spec.rows, params=spec.params,
+                                                              llm=LLMSpec.model_validate(spec.llm),
+                                                              include_raw=spec.include_raw))
     except SynthserveError as exc:
         raise UsageError(exc.detail) from None
     except ValidationError as exc:
