@@ -21,7 +21,7 @@ from pydantic import Field, field_validator
 
 from llm_clients.base import LLMError, Message
 
-from .base import ParseError, RowContext, Task, TaskParams, TaskRun
+from .base import ParseError, Task, TaskParams, TaskRun
 from .one_call import GenerationsParams, OneCallTask
 from .parsing import json_list, json_object, pick_keys
 from .rendering import render
@@ -201,14 +201,10 @@ class _TripletGenerator(_JsonTask):
     def num_units(self, params: _TripletParams, rows: list[dict]) -> int:
         return params.num_generations
 
-    def rows_per_unit(self, params: _TripletParams) -> int:
-        return 1
-
-    def failed_outputs(self, row: dict[str, Any], params: _TripletParams) -> dict[str, Any]:
-        return {}
-
-    async def run(self, ctx: RowContext, row: dict[str, Any], params: _TripletParams) -> dict[str, Any]:
-        return self.parse(await ctx.chat(self.format(row, params, ctx.rng())), row, params)
+    # num_generations counts units here, not answers to one prompt: a unit is Task's
+    rows_per_unit = Task.rows_per_unit
+    failed_outputs = Task.failed_outputs
+    run = Task.run
 
     def unit_groups(self, run: TaskRun, units: list[int]) -> list[list[int]]:
         if not run.llm.native_n:
