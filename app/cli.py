@@ -55,8 +55,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"synthserve: {exc}", file=sys.stderr)
         return 2
     if args.command == "serve":
+        from .jobs.private import PrivateRedisError, redis_server
         from .main import create_app
         from .server import run
+        if not settings.jobs.redis_url:  # refuse now, not from inside the lifespan
+            try:
+                redis_server()
+            except PrivateRedisError as exc:
+                print(f"synthserve: {exc}", file=sys.stderr)
+                return 2
         run(create_app(settings), host=args.host, port=args.port, log_level=args.log_level,
             graceful_timeout_s=args.graceful_timeout)
         return 0

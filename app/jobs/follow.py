@@ -29,7 +29,7 @@ from ..sse import encode
 from . import keys
 from .keys import Event
 from .models import Job
-from .store import SOCKET_TIMEOUT_S, JobStore
+from .store import SOCKET_TIMEOUT_S, JobStore, retry
 
 log = logging.getLogger("synthserve.jobs")
 
@@ -57,7 +57,7 @@ class EventHub:
     def __init__(self, store: JobStore, url: str):
         self.store = store
         self.redis = Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-                                    socket_connect_timeout=5, max_connections=1)
+                                    socket_connect_timeout=5, max_connections=1, retry=retry())
         self._wake_key = keys.wake(token_hex(6))
         self._wake_id = "0-0"
         self._jobs: dict[str, _Followed] = {}

@@ -50,14 +50,20 @@ def _die_with_parent() -> None:  # runs in the child, between fork and exec
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
-@contextlib.asynccontextmanager
-async def private_redis(data_dir: str | os.PathLike[str]) -> AsyncIterator[str]:
-    """Run redis-server under `data_dir` for the duration; -> its URL."""
+def redis_server() -> str:
+    """The redis-server to run, or a PrivateRedisError naming both fixes."""
     exe = shutil.which("redis-server")
     if exe is None:
         raise PrivateRedisError(
             "jobs need Redis: no [jobs] redis_url is set and there is no redis-server on PATH. "
             "Install it (apt-get install redis-server) or set [jobs] redis_url to a Redis server.")
+    return exe
+
+
+@contextlib.asynccontextmanager
+async def private_redis(data_dir: str | os.PathLike[str]) -> AsyncIterator[str]:
+    """Run redis-server under `data_dir` for the duration; -> its URL."""
+    exe = redis_server()
     path = Path(data_dir).resolve()
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "lock", "w") as lock:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
@@ -23,6 +25,12 @@ from .queue import Submission
 RESULTS_BATCH = 500
 # socket_timeout above every BLOCK the engine uses (event reads: 1 s, queue reads: 0.5 s)
 SOCKET_TIMEOUT_S = 30
+
+
+def retry() -> Retry:
+    """A dropped connection is tried again twice, quickly; Redis down answers within a
+    second (a 503), not after redis-py's default backoff of seconds."""
+    return Retry(ExponentialBackoff(cap=0.25, base=0.05), 2)
 
 
 def dumps(value: Any) -> str:
@@ -231,5 +239,5 @@ def connect(url: str, pool_size: int) -> Redis:
     busy waits for one (up to SOCKET_TIMEOUT_S) rather than failing at once."""
     pool = BlockingConnectionPool.from_url(url, max_connections=pool_size, timeout=SOCKET_TIMEOUT_S,
                                            decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
-                                           socket_connect_timeout=5, health_check_interval=30)
+                                           socket_connect_timeout=5, health_check_interval=30, retry=retry())
     return Redis.from_pool(pool)
