@@ -59,7 +59,7 @@ async def test_single_row_requests_differ_and_the_seed_replays_one(service, mock
         out = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}])
         seeds.append(out["seed"])
     prompts = chat_prompts(mock.requests())
-    assert len(set(seeds)) == 8 and len(set(prompts)) >= 2  # 8 times one mutation of 5: p = 1.6e-5
+    assert len(set(seeds)) == 8 and len(set(prompts)) >= 2  # 8 times one mutation of 5: p = 1.3e-5
     mock.reset()
     mock.script([{"reply": "Prompt#: evolved"}])
     again = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}], {"seed": seeds[3]})
@@ -136,7 +136,8 @@ async def test_evol_generators_take_mutation_templates(service, mock, task):
     mock.script([{"match": "Seed words:", "reply": "Prompt#: short"},
                  {"match": "Shout this:", "reply": "Prompt#: " + "long enough " * 3}])
     out = await run_task(service, task, None, {"num_instructions": 2, "min_length": 30, "max_length": 60,
-                                               "max_iterations": 8, "mutation_templates": templates})
+                                               "max_iterations": 20, "mutation_templates": templates,
+                                               "seed": 4})
     assert out["failed"] == 0 and all(r["instruction"].startswith("long enough") for r in out["rows"])
     prompts = chat_prompts(mock.requests())
     assert prompts[0].startswith("Seed words: ") and "Shout this: short" in prompts
