@@ -41,7 +41,7 @@ class Registry:
 
     def load_dir(self, path: str | Path) -> None:
         from .custom import load_dir
-        for task in load_dir(Path(path)):
+        for task in load_dir(Path(path), taken=set(self._tasks)):
             self.add(task)
 
     def get(self, name: str) -> Task | None:

@@ -17,10 +17,10 @@ with an error naming it.
 
 from __future__ import annotations
 
-import importlib
 import random
 import re
 import tomllib
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any, Literal
 
@@ -171,21 +171,16 @@ def load_file(path: Path) -> FileTask:
     return FileTask(spec, path)
 
 
-def _builtin_names() -> set[str]:
-    from . import MODULES
-    return {t.name for m in MODULES for t in importlib.import_module(m).TASKS}
-
-
-def load_dir(path: Path) -> list[Task]:
-    """Every `*.toml` in `path`, in name order."""
+def load_dir(path: Path, taken: Collection[str] = ()) -> list[Task]:
+    """Every `*.toml` in `path`, in name order; `taken`: the names already registered
+    (the built-in tasks), which a file may not reuse."""
     if not path.is_dir():
         raise CustomTaskError(f"tasks custom_dir {path} is not a directory")
     tasks: list[Task] = []
     names: dict[str, Path] = {}
-    builtin = _builtin_names()
     for file in sorted(path.glob("*.toml")):
         task = load_file(file)
-        if task.name in builtin:
+        if task.name in taken:
             raise CustomTaskError(f"task file {file}: {task.name!r} is the name of a built-in task")
         if task.name in names:
             raise CustomTaskError(f"task file {file}: task {task.name!r} is also defined in {names[task.name]}")

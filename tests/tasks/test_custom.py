@@ -9,6 +9,7 @@ import pytest
 
 from app.config import TasksConfig
 from app.main import create_app
+from tasks import Registry
 from tasks.custom import CustomTaskError, load_dir
 from tests.service import mock_settings, serve
 
@@ -146,7 +147,7 @@ parser = "raw"
 def test_broken_files_name_the_file(tmp_path, text, problem):
     path = write(tmp_path, "broken.toml", text)
     with pytest.raises(CustomTaskError) as info:
-        load_dir(tmp_path)
+        load_dir(tmp_path, taken={t.name for t in Registry.builtin()})
     assert str(path) in str(info.value) and problem in str(info.value)
 
 
