@@ -6,8 +6,10 @@ process (tests) never share counters. What is counted where:
     synthserve_http_requests_total{method,route,status}     app.middleware.AccessLog
     synthserve_http_request_duration_seconds{method,route}  app.middleware.AccessLog
     synthserve_task_requests_total{task,status}             app.middleware.AccessLog
-    synthserve_rows_generated_total{task}                   rows answered (failed ones included)
-    synthserve_rows_failed_total{task}                      rows answered with an `error`
+    synthserve_rows_generated_total{task}                   rows answered (failed ones included) by /tasks,
+                                                            and job rows run by this process's worker (the
+                                                            API's own, in the default set-up; app.jobs.worker)
+    synthserve_rows_failed_total{task}                      those rows with an `error`
     synthserve_llm_calls_total{backend}                     CallPolicy.observer, once per call
     synthserve_llm_call_errors_total{backend}                 (a call = all its attempts)
     synthserve_llm_call_duration_seconds{backend}           histogram, retries and backoff included

@@ -31,7 +31,7 @@ def after_last_prompt(answer: str) -> str:
     return text
 
 
-# `1.`, `1)`, `(1)`, `-`, `*`, `•`, `+` at the start of a line, and markdown bold around a number
+# `1.`, `1)`, `(1)`, `1]`, `1:`, `-`, `*`, `•`, `+` at the start of a line (not markdown bold: `**1.**` stays)
 _MARKER = re.compile(r"^\s*(?:\(?\d{1,3}[.)\]:]|[-*•+])\s+")
 
 

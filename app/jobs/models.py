@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from tasks.base import Split
 
-from ..schemas import LLMSpec, UsageOut
+from ..schemas import LLMSpec
 from .keys import TERMINAL, Field as F, JobStatus
 
 
@@ -47,6 +47,13 @@ class ProgressOut(BaseModel):
     failed: int = Field(description="Rows finished with a row `error`.")
 
 
+class JobUsageOut(BaseModel):
+    """A job's usage: the tokens of its stored rows (no cost or cache counts: /tasks has those)."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
 class JobOut(BaseModel):
     id: str
     task: str
@@ -55,7 +62,7 @@ class JobOut(BaseModel):
     started_at: str | None
     finished_at: str | None
     progress: ProgressOut
-    usage: UsageOut
+    usage: JobUsageOut
     error: str | None = Field(description="Why a `failed` job could not run.")
     seed: int | None = Field(None, description="The seed the job runs with (drawn by the server when not given).")
 

@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from secrets import token_hex
 
@@ -72,6 +72,7 @@ class Worker:
     backends: dict[str, LLMClient]
     config: JobsConfig
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{token_hex(3)}")
+    on_rows: Callable[[str, int, int], None] | None = None  # (task, rows, failed) per unit run: metrics
 
     def __post_init__(self) -> None:
         self.redis = self.store.redis
@@ -260,6 +261,9 @@ class Worker:
                 return await self._give_up(rt, chunk, entry, todo)
             if todo:
                 def on_unit(result: UnitResult) -> None:
+                    if self.on_rows is not None:
+                        failed = sum(row.get("error") is not None for _, row in result.rows)
+                        self.on_rows(rt.spec.task, len(result.rows), failed)
                     self._release(flight, 1)
                     self._dirty.add(job_id)
                     self.writer.save(SaveOp(job_id, entry, [result], drop_checkpoints=drop))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ops.conftest import value
 from tests.service import serve
 
 from .conftest import get_job, jobs_settings, read_events, results, text_rows, wait_job
@@ -58,6 +59,9 @@ async def test_lifecycle_redis(mock, rds, redis_server, workers):
 async def test_lifecycle_private_redis(mock, data_dir):
     async with serve(jobs_settings(mock.url, None, data_dir=data_dir)) as client:
         await run_lifecycle(client, mock)
+        # the API process ran the job's rows: /metrics counts them
+        metrics = (await client.get("/metrics")).text
+        assert value(metrics, "synthserve_rows_generated_total", task="text-generation") == 20
 
 
 @pytest.mark.parametrize("mode", ["redis", "private"])
