@@ -22,14 +22,38 @@ async def principal(request: Request) -> str | None:
     keys = request.app.state.synth.api_keys
     if not keys:
         return None
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token:
-        raise Unauthorized("missing API key: send Authorization: Bearer <key>", headers={"WWW-Authenticate": "Bearer"})
-    token = token.strip()
-    if not any(hmac.compare_digest(token, k) for k in keys):
-        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    token = _bearer(request)
+    if not _known(token, keys):
+        raise Unauthorized("invalid API key", headers=_CHALLENGE)
     return key_id(token)
+
+
+async def metrics_access(request: Request) -> None:
+    """/metrics: open when no key is configured at all; else an API key or the metrics key."""
+    state = request.app.state.synth
+    metrics_key = state.settings.server.metrics_key()
+    if not state.api_keys and metrics_key is None:
+        return
+    token = _bearer(request)
+    if not _known(token, state.api_keys | ({metrics_key} if metrics_key else set())):
+        raise Unauthorized("invalid API key", headers=_CHALLENGE)
+
+
+_CHALLENGE = {"WWW-Authenticate": "Bearer"}
+
+
+def _bearer(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise Unauthorized("missing API key: send Authorization: Bearer <key>", headers=_CHALLENGE)
+    return token
+
+
+def _known(token: str, keys) -> bool:
+    # bytes: compare_digest refuses str with non-ASCII characters (a header is latin-1 text)
+    given = token.encode("utf-8", "surrogateescape")
+    return any(hmac.compare_digest(given, k.encode("utf-8", "surrogateescape")) for k in keys)
 
 
 PrincipalDep = Annotated[str | None, Depends(principal)]

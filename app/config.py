@@ -20,14 +20,23 @@ class _Section(BaseModel):
 
 class ServerConfig(_Section):
     max_rows_per_request: int = Field(10_000, ge=1)
+    # output rows: input rows (or generations) x rows per unit (num_generations)
+    max_output_rows_per_request: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    max_field_chars: int = Field(1_000_000, ge=1)  # any one string in a row or in params
     api_keys_env: str = "SYNTHSERVE_API_KEYS"
+    # env var with a key that opens /metrics only (a scraper need not hold an API key)
+    metrics_key_env: str = "SYNTHSERVE_METRICS_KEY"
+    cors_origins: list[str] = Field(default_factory=list)  # ["*"]: any origin
     # a backend with more calls than this waiting for a slot: new requests get 429 + Retry-After
     max_queued_calls: int = Field(100_000, ge=1)
 
     def api_keys(self) -> frozenset[str]:
         raw = os.environ.get(self.api_keys_env, "")
         return frozenset(k.strip() for k in raw.split(",") if k.strip())
+
+    def metrics_key(self) -> str | None:
+        return os.environ.get(self.metrics_key_env, "").strip() or None
 
 
 class BackendConfig(_Section):

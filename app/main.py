@@ -22,7 +22,7 @@ from .jobs.store import JobStore
 from .jobs.worker import Worker
 from .metrics import Metrics
 from .metrics import router as metrics_router
-from .middleware import AccessLog, BodyLimit
+from .middleware import CORS, AccessLog, AllowedMethods, BodyLimit
 from .routes import health, jobs, tasks
 from .state import AppState
 
@@ -44,7 +44,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.draining = asyncio.Event()  # set by app.server on SIGTERM: SSE streams end
+    app.add_middleware(AllowedMethods)
     app.add_middleware(BodyLimit)
+    app.add_middleware(CORS)  # outside BodyLimit: a browser can read its 413s and 422s
     app.add_middleware(AccessLog)  # outermost: sees the 413s too
 
     @app.exception_handler(SynthserveError)

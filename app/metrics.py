@@ -35,13 +35,15 @@ import logging
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from llm_clients.base import Completion
+
+from .auth import metrics_access
 
 if TYPE_CHECKING:
     from .state import AppState
@@ -199,7 +201,7 @@ def open_stream(scope: dict) -> Iterator[None]:
         yield
 
 
-@router.get("/metrics", include_in_schema=False)
+@router.get("/metrics", include_in_schema=False, dependencies=[Depends(metrics_access)])
 async def metrics(request: Request) -> Response:
     m: Metrics = request.app.state.synth.metrics
     await m.refresh()

@@ -2,8 +2,13 @@
 
     AccessLog  outermost: request id (X-Request-ID in and out), one JSON access line and
                the HTTP metrics per request
+    CORS       `[server] cors_origins`: preflights answered, headers on every answer
+               (streams included); nothing at all when no origin is configured
     BodyLimit  413 for a body over `[server] max_body_bytes`, before anything parses it:
-               at once from Content-Length, or while counting the bytes of a chunked body
+               at once from Content-Length, or while counting the bytes of a chunked body;
+               a JSON body is read whole and refused (422) when it holds NaN, Infinity, a
+               lone surrogate or bytes that are not UTF-8 (app.encoding)
+    AllowedMethods  a 405 names every method of the path in `Allow`, not one route's
 """
 
 from __future__ import annotations
@@ -15,8 +20,11 @@ import time
 import uuid
 
 from starlette.exceptions import HTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .encoding import body_problem
 from .logging import request_id
 
 access_log = logging.getLogger("synthserve.access")
@@ -117,7 +125,17 @@ class BodyLimit:
         limit = state.settings.server.max_body_bytes
         length = _content_length(scope)
         if length is not None and length > limit:
-            return await _reject(send, BodyTooLarge(limit))
+            return await _reject(send, 413, BodyTooLarge(limit).detail, close=True)
+        if scope["method"] in _BODY_METHODS and _is_json(scope):
+            body = await _read_body(receive, limit)
+            if body is None:  # the client left while sending
+                return None
+            if isinstance(body, BodyTooLarge):
+                return await _reject(send, 413, body.detail)
+            problem = body_problem(body)
+            if problem is not None:
+                return await _reject(send, 422, problem)
+            return await self.app(scope, _replay(body, receive), send)
         received = 0
         response_started = False
 
@@ -140,7 +158,7 @@ class BodyLimit:
         except BodyTooLarge as exc:  # a consumer that let it through (not FastAPI's body parsing)
             if response_started:
                 raise
-            await _reject(send, exc)
+            await _reject(send, 413, exc.detail)
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -153,9 +171,106 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _reject(send: Send, exc: BodyTooLarge) -> None:
-    body = json.dumps({"detail": exc.detail}).encode()
-    await send({"type": "http.response.start", "status": 413,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+def _is_json(scope: Scope) -> bool:
+    """What FastAPI parses as JSON: a JSON media type, or none given."""
+    for name, value in scope["headers"]:
+        if name == b"content-type":
+            return b"json" in value.lower()
+    return True
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | BodyTooLarge | None:
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return BodyTooLarge(limit)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """The body as one message, then the client's own messages (its disconnect)."""
+    pending = True
+
+    async def replay() -> Message:
+        nonlocal pending
+        if pending:
+            pending = False
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay
+
+
+async def _reject(send: Send, status: int, detail: str, *, close: bool = False) -> None:
+    """`close`: for a body refused unread (uvicorn would read and drop it to keep the
+    connection); without it, a client still sending gets the answer once it has sent."""
+    body = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status,
+                "headers": headers + [(b"connection", b"close")] if close else headers})
     await send({"type": "http.response.body", "body": body})
+
+
+class CORS:
+    """Starlette's CORSMiddleware over `[server] cors_origins`, built on the first request:
+    the origins come from the settings the lifespan loads. Browsers send `Authorization`
+    (API keys), `Last-Event-ID` (an EventSource resuming) and read `X-Request-ID` and
+    `Retry-After`."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+        self._cors: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = _state(scope) if scope["type"] == "http" else None
+        origins = state.settings.server.cors_origins if state is not None else None
+        if not origins:
+            return await self.app(scope, receive, send)
+        if self._cors is None:
+            self._cors = CORSMiddleware(
+                self.app, allow_origins=list(origins), allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                allow_headers=["Authorization", "Content-Type", "Accept", "Last-Event-ID", "X-Request-ID"],
+                expose_headers=["X-Request-ID", "Retry-After"], max_age=600)
+        await self._cors(scope, receive, send)
+
+
+class AllowedMethods:
+    """Starlette answers 405 from the first route whose path matches, so `Allow` lists that
+    route's methods only (GET /tasks/{name} hides POST). This lists every route's."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_allowed(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 405:
+                allow = ", ".join(_methods(scope)).encode()
+                message["headers"] = [(k, v) for k, v in message.get("headers", ()) if k.lower() != b"allow"]
+                message["headers"].append((b"allow", allow))
+            await send(message)
+
+        await self.app(scope, receive, send_allowed)
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "PATCH", "POST", "PUT")
+
+
+def _methods(scope: Scope) -> list[str]:
+    """The methods some route fully matches for this path (asked through `matches`, the one
+    interface every kind of route, included routers too, answers)."""
+    routes = scope["app"].router.routes
+    return [m for m in _METHODS
+            if any(route.matches({**scope, "method": m, "path_params": {}})[0] == Match.FULL for route in routes)]

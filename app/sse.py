@@ -9,18 +9,18 @@ calls) at once.
 from __future__ import annotations
 
 import contextlib
-import json
 from typing import Any
 
 import anyio
 from fastapi.sse import EventSourceResponse, format_sse_event
 
+from .encoding import dumps
 from .metrics import open_stream
 
 
 def encode(event: str, data: Any, id: int | str | None = None) -> bytes:
-    return format_sse_event(data_str=json.dumps(data, separators=(",", ":"), ensure_ascii=False),
-                            event=event, id=None if id is None else str(id))
+    # dumps: never `Infinity` or an unencodable surrogate, whatever an answer held
+    return format_sse_event(data_str=dumps(data).decode(), event=event, id=None if id is None else str(id))
 
 
 class SSEResponse(EventSourceResponse):

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
+from llm_clients.errors import row_error
 
 __all__ = ["ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
 
@@ -298,14 +299,20 @@ class Task(Generic[P]):
             result = [result] * (self.rows_per_unit(run.params) or 1)
         elif isinstance(result, dict):
             result = [result]
+        # k rows from k completions: each row keeps its own raw output, not all k (k² in all)
+        raws = ctx.raw_output if isinstance(ctx.raw_output, list) and len(ctx.raw_output) == len(result) > 1 else None
         out = []
-        for outputs in result:
+        for j, outputs in enumerate(result):
             error = None
             if isinstance(outputs, LLMError | ParseError):
-                kind = "llm_error" if isinstance(outputs, LLMError) else "parse_error"
-                error = {"type": kind, "message": str(outputs)}
+                # an LLM error is cleaned (no key, host or port) and logged in full: llm_clients.errors
+                error = (row_error(outputs, run.llm) if isinstance(outputs, LLMError)
+                         else {"type": "parse_error", "message": str(outputs)})
                 outputs = getattr(outputs, "outputs", None) or self.failed_outputs(row, run.params)
-            out.append(self.build_row(row, outputs, ctx, error, run))
+            built = self.build_row(row, outputs, ctx, error, run)
+            if raws is not None and "raw_output" in built["metadata"]:
+                built["metadata"] = {**built["metadata"], "raw_output": raws[j]}
+            out.append(built)
         return out
 
     def build_row(self, row: dict[str, Any], outputs: dict[str, Any], ctx: RowContext,

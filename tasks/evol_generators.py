@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 
 from llm_clients.base import LLMError, Usage
+from llm_clients.errors import clean_message, row_error
 
 from .base import ParseError, RowContext, Task, TaskParams, TaskRun
 from .evol import COMPLEXITY_MUTATIONS, FRESH_START, INSTRUCT_MUTATIONS, PROMPT, check_templates, fill, mutate, user
@@ -153,7 +154,7 @@ class _EvolGenerator(Task):
                 text = await self._call(run, slot, tally, step, instruction)
                 emit(index, {"instruction": instruction, "answer": text}, tally, None)
             except LLMError as exc:
-                emit(index, {}, tally, {"type": "llm_error", "message": str(exc)})
+                emit(index, {}, tally, row_error(exc, run.llm))
 
         async def produce() -> None:
             n = params.num_instructions
@@ -195,8 +196,9 @@ class _EvolGenerator(Task):
                 message = (f"only {accepted} of {n} instructions had {params.min_length} to {params.max_length} "
                            f"characters after max_iterations ({params.max_iterations}) rounds")
                 if last_error is not None:
-                    message += f"; last error: {last_error}"
-                emit(index, {}, left[k].tally, {"type": "llm_error", "message": message})
+                    message += f"; last error: {clean_message(str(last_error), run.llm.name)}"
+                emit(index, {}, left[k].tally, {"type": "llm_error", "code": "llm_error", "status": None,
+                                                "message": message})
             if answering:
                 await asyncio.gather(*answering)
 

@@ -3,6 +3,7 @@ generations out."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -97,7 +98,10 @@ class TextGeneration(_Generation):
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
 
     async def run(self, ctx: RowContext, row: dict[str, Any], params: TextGenerationParams):
-        return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
+        if params.template == DEFAULT_TEMPLATE:
+            return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
+        # a user template may render for up to rendering.RENDER_TIMEOUT_S: off the event loop
+        return await self.generate(ctx, await asyncio.to_thread(self.format, row, params, ctx.rng()), params)
 
 
 class ChatGeneration(_Generation):

@@ -4,20 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import Response
 
 from tasks import Task, TaskRun
+from tasks.rendering import request_budget
 
 from .. import sse
+from ..encoding import JSONBytes
 from ..deps import StateDep, wants_sse
 from ..errors import SynthserveError
 from ..schemas import TaskDetail, TaskList, TaskRequest, TaskResponse
 
 router = APIRouter(tags=["tasks"])
 log = logging.getLogger("synthserve")
+DRAIN_MARGIN_S = 1.0  # of the graceful shutdown's timeout, kept to answer 503 before uvicorn cuts in
 
 SSE_DOC = {"text/event-stream": {"schema": {"type": "string"}, "example":
            'event: row\nid: 0\ndata: {"index": 0, "row": {...}}\n\nevent: done\ndata: {"rows": 1, "failed": 0, "usage": {...}}\n\n'}}
@@ -39,17 +42,71 @@ async def describe_task(name: str, state: StateDep) -> dict:
                         404: {"description": "unknown task"}, 413: {"description": "too many rows"},
                         422: {"description": "invalid body, params, rows or backend"}})
 async def run_task(name: str, body: TaskRequest, request: Request, state: StateDep):
-    task, run = state.prepare_run(name, body)
+    # off the event loop: validation compiles and renders user templates, row by row
+    task, run = await asyncio.to_thread(_build_run, state, name, body)
     if wants_sse(request, body.stream):
         return sse.SSEResponse(task_events(task, run, tokens=body.stream_tokens, metrics=state.metrics))
     rows: dict[int, dict] = {}
-    async for index, row in task.stream(run):
-        rows[index] = row
+
+    async def collect() -> None:
+        async for index, row in task.stream(run):
+            rows[index] = row
+
+    ended = await until_done(collect(), request)
+    if ended is not None:  # nobody to answer, or no time left: the rows so far are dropped
+        log.info("task %s: %s after %d rows", task.name, ended, len(rows))
+        return _ended_early(ended, len(rows))
     ordered = [rows[i] for i in sorted(rows)]
     failed = sum(r["error"] is not None for r in ordered)
     state.metrics.count_rows(task.name, len(ordered), failed)
-    return JSONResponse({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict(),
+    return JSONBytes({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict(),
                          "seed": run.params.seed})
+
+
+def _build_run(state, name: str, body: TaskRequest) -> tuple[Task, TaskRun]:
+    with request_budget():
+        return state.prepare_run(name, body)
+
+
+async def until_done(work: Coroutine, request: Request) -> str | None:
+    """Run `work` (a request's LLM calls) unless the client leaves or a shutdown runs out of
+    time first: then cancel it, and say which. Under ASGI a handler that never reads again
+    would learn of a disconnect only when it sends, after paying for every row."""
+    done = asyncio.create_task(work)
+    left = asyncio.create_task(_disconnected(request))
+    stopping = asyncio.create_task(_shutdown_deadline(request.app))
+    try:
+        await asyncio.wait((done, left, stopping), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (done, left, stopping):
+            t.cancel()
+        await asyncio.gather(done, left, stopping, return_exceptions=True)
+    if not done.cancelled():
+        done.result()  # raises the work's own failure (a SynthserveError -> its 4xx/5xx)
+        return None
+    return "client disconnected" if left.done() and not left.cancelled() else "server shutting down"
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _shutdown_deadline(app) -> None:
+    """Returns when a graceful shutdown (app.server) has DRAIN_MARGIN_S left: enough to answer."""
+    draining: asyncio.Event | None = getattr(app.state, "draining", None)
+    grace: float | None = getattr(app.state, "graceful_timeout_s", None)
+    if draining is None or grace is None:
+        await asyncio.Future()  # no graceful shutdown here (an app served by a test)
+    await draining.wait()
+    await asyncio.sleep(max(0.0, grace - DRAIN_MARGIN_S))
+
+
+def _ended_early(reason: str, finished: int) -> Response:
+    if reason == "client disconnected":
+        return Response(status_code=499)  # for the access log: nobody reads it
+    return JSONBytes({"detail": f"server shutting down: the request was cancelled after {finished} rows; "
+                                "send it again"}, status_code=503, headers={"Retry-After": "1"})
 
 
 async def task_events(task: Task, run: TaskRun, *, tokens: bool, metrics=None) -> AsyncIterator[bytes]:

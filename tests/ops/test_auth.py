@@ -1,5 +1,6 @@
-"""API keys (`Authorization: Bearer`): 401 without or with a wrong key, /health and
-/metrics open, a job visible only to the key that created it."""
+"""API keys (`Authorization: Bearer`): 401 without or with a wrong key, /health open,
+/metrics behind a key (more in tests/ops/test_http_edges.py), a job visible only to the key
+that created it."""
 
 from __future__ import annotations
 
@@ -53,9 +54,10 @@ async def test_with_a_valid_key(secured):
     assert r.status_code == 200
 
 
-async def test_health_and_metrics_stay_open(secured):
+async def test_health_stays_open_and_metrics_take_a_key(secured):
     assert (await secured.get("/health")).status_code == 200
-    assert (await secured.get("/metrics")).status_code == 200
+    assert (await secured.get("/metrics")).status_code == 401
+    assert (await secured.get("/metrics", headers=bearer(KEY_A))).status_code == 200
 
 
 async def test_no_keys_configured_means_no_auth(mock, monkeypatch):

@@ -1,0 +1,97 @@
+"""Strict JSON at the edge: what comes in and what goes out is JSON as RFC 8259 has it.
+
+In: Python's json module accepts NaN, Infinity and -Infinity (and 1e999 becomes inf), and
+`\\ud800` escapes decode to lone surrogates, strings that cannot be encoded again. A
+body holding any of them is refused (app.middleware.BodyLimit) before a route parses it:
+a clean body costs one regex scan, and only a suspect one is parsed here to say where.
+
+Out: `dumps` never writes NaN or Infinity (they become null) and never fails on a lone
+surrogate (it becomes U+FFFD), whatever an LLM answered; SSE events and JSON answers use it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+from starlette.responses import Response
+
+_SUSPECT = re.compile(
+    rb"NaN|Infinity"                # the non-standard constants (or the words inside a string)
+    rb"|\d[eE][+]?\d{3}"             # an exponent that may overflow to inf
+    rb"|\\u[dD][89a-fA-F]")          # an escaped surrogate, paired or not
+
+
+class _NonFinite(float):
+    pass
+
+
+def body_problem(body: bytes) -> str | None:
+    """Why a JSON body is refused, naming where (`body.rows[0].x: ...`), or None. None too
+    for a body that is not JSON at all: the route's parser says what is wrong with it."""
+    try:
+        body.decode()  # json.loads would also take UTF-16, or surrogates encoded in UTF-8
+    except UnicodeDecodeError as exc:
+        return f"body: not valid UTF-8 (at byte {exc.start})"
+    if not _SUSPECT.search(body):
+        return None
+    try:
+        data = json.loads(body, parse_constant=_NonFinite)
+    except (ValueError, RecursionError):
+        return None
+    stack: list[tuple[str, Any]] = [("body", data)]
+    while stack:  # iterative: a deeply nested body must not overflow the stack here
+        path, value = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{path}: numbers must be finite (no NaN, Infinity or overflowing exponent)"
+        if isinstance(value, str) and not _encodable(value):
+            return f"{path}: strings must be valid Unicode (a lone surrogate \\uD800-\\uDFFF is not)"
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not _encodable(key):
+                    return f"{path}: keys must be valid Unicode (a lone surrogate \\uD800-\\uDFFF is not)"
+                stack.append((f"{path}.{key}", item))
+        elif isinstance(value, list):
+            stack.extend((f"{path}[{i}]", item) for i, item in enumerate(value))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    if text.isascii():
+        return True
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def dumps(data: Any) -> bytes:
+    """Compact UTF-8 JSON, always valid (see the module's docstring)."""
+    try:
+        return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+    except (ValueError, UnicodeEncodeError):  # rare: an answer with inf or a lone surrogate
+        return json.dumps(_clean(data), ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, str):
+        return value if _encodable(value) else value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class JSONBytes(Response):
+    """A JSON answer encoded by `dumps` (Starlette's JSONResponse fails on NaN and lone surrogates)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
