@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from .limits import CallPolicy, LLMError
-from .ratelimit import estimate_tokens
 from .ratelimit import estimate_tokens
 
 __all__ = [
@@ -68,8 +67,22 @@ class GenerationKwargs(BaseModel):
     repetition_penalty: float | None = Field(None, gt=0)
     do_sample: bool | None = None
 
+    # The JSON schema the answer must follow (a task's structured output). Private: a
+    # request's generation_kwargs cannot set it, and it is not one of the `given` options;
+    # each provider sends it in its own native form.
+    _json_schema: dict[str, Any] | None = PrivateAttr(None)
+
     def given(self) -> dict[str, Any]:
         return self.model_dump(exclude_none=True)
+
+    @property
+    def json_schema(self) -> dict[str, Any] | None:
+        return self._json_schema
+
+    def with_json_schema(self, schema: dict[str, Any] | None) -> GenerationKwargs:
+        copy = self.model_copy()
+        copy._json_schema = schema
+        return copy
 
 
 class LLMClient:

@@ -14,6 +14,7 @@ Retry-After), everything else LLMError. Nothing retries here; the CallPolicy doe
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -105,6 +106,18 @@ def _sse_line(line: bytes, on_chunk: OnChunk) -> bool:
 
 
 # ---- the JSON both transports hand back, into our types ----
+
+def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's (and Mistral's) structured output: a json_schema response format. Not
+    `strict`, which only takes schemas with every property required and no extra ones."""
+    return {"type": "json_schema", "json_schema": {"name": _schema_name(schema), "schema": schema}}
+
+
+def _schema_name(schema: dict[str, Any]) -> str:
+    title = schema.get("title")
+    name = re.sub(r"[^A-Za-z0-9_-]", "_", title)[:64] if isinstance(title, str) else ""
+    return name or "output"
+
 
 def status_error(status: int, message: str, headers: Mapping[str, str] | None) -> LLMError:
     """`headers` (case-insensitive, as every HTTP client hands them) give Retry-After and

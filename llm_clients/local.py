@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sidecar.params import EngineError, GenerationResult, Overloaded, SamplingParams, StopTrimmer
+from sidecar.params import EngineError, GenerationResult, Grammar, Overloaded, SamplingParams, StopTrimmer
 
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
 from .limits import LLMError, TransientError
@@ -93,6 +93,8 @@ def sampling_params(kwargs: GenerationKwargs, *, chat: bool = False) -> Sampling
     given["stop"] = tuple(given.get("stop") or ())
     if chat:
         given.setdefault("do_sample", True)
+    if kwargs.json_schema is not None:
+        given["grammar"] = Grammar.json_schema(kwargs.json_schema)
     with _engine_errors():
         return SamplingParams(**given)
 

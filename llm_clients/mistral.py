@@ -25,7 +25,7 @@ from mistralai.client import Mistral
 from mistralai.client import errors as mistral_errors
 
 from .base import GenerationKwargs, Message
-from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, status_error
+from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, response_format, status_error
 from .limits import LLMError, TransientError
 
 NO_KEY = "unused"
@@ -69,6 +69,8 @@ class MistralClient(ChatCompletionsClient):
             payload["temperature"] = 0.0  # greedy
         if n != 1:
             payload["n"] = n
+        if kwargs.json_schema is not None:
+            payload["response_format"] = response_format(kwargs.json_schema)
         if stream:
             payload["stream"] = True  # Mistral puts usage on the last chunk unasked
         return payload

@@ -26,7 +26,7 @@ import httpx2
 import openai
 
 from .base import GenerationKwargs, Message
-from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, status_error
+from .chat_http import ChatCompletionsClient, ChatCompletionsHTTP, OnChunk, response_format, status_error
 from .limits import LLMError, TransientError
 
 OPENAI_URL = "https://api.openai.com/v1"
@@ -77,6 +77,8 @@ class OpenAIClient(ChatCompletionsClient):
                     payload[key] = given[key]
         if n != 1:
             payload["n"] = n
+        if kwargs.json_schema is not None:
+            payload["response_format"] = response_format(kwargs.json_schema)
         if stream:
             payload["stream"] = True
             payload["stream_options"] = {"include_usage": True}

@@ -143,8 +143,15 @@ def generate_parameters(kwargs: GenerationKwargs) -> dict[str, Any]:
         params["do_sample"] = False
     if params.get("top_p") == 1.0:  # TGI wants top_p < 1; 1 means no nucleus cut
         del params["top_p"]
+    if kwargs.json_schema is not None:
+        params["grammar"] = tgi_grammar(kwargs.json_schema)
     params["details"] = True
     return params
+
+
+def tgi_grammar(schema: dict[str, Any]) -> dict[str, Any]:
+    """TGI's grammar (and its chat route's response_format) for a JSON schema."""
+    return {"type": "json", "value": schema}
 
 
 def chat_payload(messages: list[Message], kwargs: GenerationKwargs, model: str, *,
@@ -156,6 +163,8 @@ def chat_payload(messages: list[Message], kwargs: GenerationKwargs, model: str, 
         payload["max_tokens"] = given["max_new_tokens"]
     if given.get("do_sample") is False and "temperature" not in given:
         payload["temperature"] = 0.0  # the chat route's greedy
+    if kwargs.json_schema is not None:
+        payload["response_format"] = tgi_grammar(kwargs.json_schema)
     if stream:
         payload["stream"] = True
         payload["stream_options"] = {"include_usage": True}

@@ -11,6 +11,9 @@ SlackLayers). Each loop:
    parameters; finished (and cancelled) sequences leave the batch at once, and padding
    columns no remaining sequence needs are dropped.
 
+A sequence with a grammar comes with its matcher already compiled (sidecar.grammar); each
+step masks the logits of such rows only, so constrained and free rows share the step.
+
 Transformers' own continuous batching (4.57: `generate_batch`, `init_continuous_batching`)
 takes one GenerationConfig for all requests (only max_new_tokens per request) and cannot
 size its paged cache without an accelerator, hence this loop.
@@ -35,6 +38,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import Cache, DynamicLayer
 
 from . import sampling
+from .grammar import TokenMasks
 from .params import MAX_BATCH_SIZE, EngineError, FinishReason, GenerationResult, SamplingParams, Token
 
 log = logging.getLogger(__name__)
@@ -129,6 +133,7 @@ class Sequence:
     def __init__(self, prompt_ids: list[int], params: SamplingParams, *, seed: int | None,
                  detokenizer: Detokenizer, on_token: OnToken | None = None):
         self.prompt_ids = prompt_ids
+        self.matcher = None  # an llguidance.LLMatcher, set before submit when params.grammar is given
         self.params = params
         self.seed = seed
         self.on_token = on_token
@@ -183,6 +188,7 @@ class Batcher:
         self.max_batch_tokens = max_batch_tokens  # prompt + max_new_tokens, summed over the batch
         self.prefill_tokens = prefill_tokens
         self.steps = 0  # decode steps run; tests compare these rather than wall time
+        self._masks = TokenMasks(model.config.vocab_size, max_batch_size)
         self._cond = threading.Condition()
         self._inbox: deque[Sequence] = deque()
         self._jobs: deque[tuple[Callable[[], Any], concurrent.futures.Future]] = deque()
@@ -361,16 +367,22 @@ class Batcher:
 
     def _advance(self, seqs: list[Sequence], logits: torch.Tensor) -> list[int]:
         """Append each sequence's next token; the rows that go on."""
+        constrained = [(row, seq.matcher) for row, seq in enumerate(seqs) if seq.matcher is not None]
+        broken = set(self._masks.apply(logits, constrained)) if constrained else ()
         ids, logprobs = sampling.choose(logits, seqs)
         keep = []
         for row, (seq, token_id, logprob) in enumerate(zip(seqs, ids, logprobs, strict=True)):
-            if not seq.cancelled and not self._append(seq, token_id, logprob):
+            if row in broken:
+                seq.fail(EngineError(f"the grammar cannot go on: {seq.matcher.get_error()}"))
+            elif not seq.cancelled and not self._append(seq, token_id, logprob):
                 keep.append(row)
         return keep
 
     def _append(self, seq: Sequence, token_id: int, logprob: float) -> bool:
         """Add one token to `seq`, tell its caller; whether it has finished."""
         seq.out.append(token_id)
+        if seq.matcher is not None:
+            seq.matcher.consume_token(token_id)  # a refused token leaves it in error: the next mask fails the row
         special = token_id in self.special_ids
         text = seq.detokenizer.feed(token_id)
         token = Token(token_id, text, logprob, special)

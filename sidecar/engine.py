@@ -25,9 +25,11 @@ from . import loading
 from .batcher import Batcher, Detokenizer
 from .batcher import Sequence as Request
 from .embedding import Embedder
+from .grammar import Grammars
 from .params import (
     MAX_BATCH_SIZE,
     MAX_CONCURRENT_REQUESTS,
+    EngineError,
     GenerationResult,
     InvalidRequest,
     Overloaded,
@@ -61,8 +63,10 @@ class Engine:
         self.max_total_tokens = min(self.max_total_tokens, max_batch_tokens)
         self._in_flight = 0
         self._lock = threading.Lock()
-        self.batcher = Batcher(self.model, self.tokenizer, eos_ids=_eos_ids(self.model, self.tokenizer),
+        eos_ids = _eos_ids(self.model, self.tokenizer)
+        self.batcher = Batcher(self.model, self.tokenizer, eos_ids=eos_ids,
                                max_batch_size=max_batch_size, max_batch_tokens=max_batch_tokens)
+        self.grammars = Grammars(self.tokenizer, vocab_size=config.vocab_size, eos_ids=eos_ids)
         self.embedder = Embedder(self.model, self.batcher, batch_size=embed_batch_size,
                                  batch_tokens=embed_batch_tokens)
         self.batcher.start()
@@ -75,6 +79,7 @@ class Engine:
         return cls(loading.load(model, device), **options)
 
     def close(self) -> None:
+        self.grammars.close()
         self.batcher.close()
 
     @property
@@ -148,12 +153,27 @@ class Engine:
                           detokenizer=Detokenizer(self.tokenizer, ids), on_token=on_token)
         self._acquire()
         try:
-            future = self.batcher.submit(request)
+            future = self.batcher.submit(request) if params.grammar is None else self._submit_constrained(request)
         except BaseException:
             self._release()
             raise
         future.add_done_callback(lambda _: self._release())
         return future
+
+    def _submit_constrained(self, request: Request) -> concurrent.futures.Future[GenerationResult]:
+        """Queue `request` once its grammar is compiled (on the grammar thread, so the batch
+        steps on meanwhile); a grammar that does not compile fails it with InvalidRequest."""
+        def compiled(matcher: concurrent.futures.Future) -> None:
+            try:
+                request.matcher = matcher.result()
+                self.batcher.submit(request)
+            except EngineError as exc:
+                request.fail(exc)
+            except Exception as exc:  # llguidance's own errors: a bug there, not the request's
+                request.fail(EngineError(f"cannot compile the grammar: {exc}"))
+
+        self.grammars.matcher(request.params.grammar).add_done_callback(compiled)
+        return request.future
 
     def schedule(self, inputs: str | list[int], params: SamplingParams, *,
                  on_token: Callable[[Token], Any] | None = None,

@@ -10,8 +10,9 @@ without importing the model stack.
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 # the engine's limits when none are given (TGI's launcher has the same options)
 MAX_BATCH_SIZE = 32
@@ -35,6 +36,20 @@ class Overloaded(EngineError):
 
 
 @dataclass(frozen=True, slots=True)
+class Grammar:
+    """What a generation must match (TGI's `grammar`): a JSON schema, as compact JSON text
+    (hashable: the compiled-grammar cache's key; keys keep their order, which is the order
+    the properties are generated in), or a regular expression."""
+
+    kind: Literal["json", "regex"]
+    value: str
+
+    @classmethod
+    def json_schema(cls, schema: dict[str, Any] | bool) -> Grammar:
+        return cls("json", json.dumps(schema, separators=(",", ":")))
+
+
+@dataclass(frozen=True, slots=True)
 class SamplingParams:
     """One request's generation options (TGI's parameter names). Sampling happens when
     `do_sample` is set or when a warper is (temperature != 1, top_k, top_p < 1), as in TGI;
@@ -50,6 +65,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     seed: int | None = None
     do_sample: bool = False
+    grammar: Grammar | None = None  # the output is constrained to it, token by token
 
     def __post_init__(self) -> None:
         checks = [

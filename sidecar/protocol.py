@@ -5,13 +5,14 @@ the bottom from the engine's results."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .params import GenerationResult, InvalidRequest, SamplingParams, Token
+from .params import GenerationResult, Grammar, InvalidRequest, SamplingParams, Token
 
 ROUTER = "synthserve-sidecar"  # /info's "router": how a client tells this server from a real TGI
 TGI_DEFAULT_MAX_NEW_TOKENS = 100
@@ -20,6 +21,42 @@ MAX_STOP_SEQUENCES = 16
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="ignore")  # as TGI (serde): unknown fields are ignored
+
+
+class GrammarSpec(_Wire):
+    """TGI's `grammar` (and its chat route's `response_format`): `{"type": "json", "value":
+    schema}` or `{"type": "regex", "value": pattern}`; and OpenAI's `response_format`:
+    `{"type": "json_schema", "json_schema": {"name", "schema"}}`, `{"type": "json_object"}`
+    (any object) or `{"type": "text"}` (no constraint)."""
+
+    type: Literal["json", "regex", "json_schema", "json_object", "text"]
+    value: Any = None
+    json_schema: dict[str, Any] | None = None
+
+    def grammar(self) -> Grammar | None:
+        if self.type == "text":
+            return None
+        if self.type == "json_object":
+            return Grammar.json_schema({"type": "object"})
+        if self.type == "regex":
+            if not isinstance(self.value, str) or not self.value:
+                raise InvalidRequest("a regex grammar's `value` must be a non-empty string")
+            return Grammar("regex", self.value)
+        if self.type == "json_schema":  # OpenAI's place for it, or TGI's (`value`)
+            spec = self.json_schema if self.json_schema is not None else self.value
+            schema = spec.get("schema") if isinstance(spec, dict) else None
+            if schema is None:
+                raise InvalidRequest("a json_schema response format needs `json_schema.schema`")
+        else:
+            schema = self.value
+            if isinstance(schema, str):  # TGI takes the schema as JSON text too
+                try:
+                    schema = json.loads(schema)
+                except ValueError:
+                    raise InvalidRequest("a json grammar's `value` must be a JSON schema") from None
+        if not isinstance(schema, dict | bool):
+            raise InvalidRequest("a json grammar's `value` must be a JSON schema (an object)")
+        return Grammar.json_schema(schema)
 
 
 class GenerateParameters(_Wire):
@@ -40,21 +77,19 @@ class GenerateParameters(_Wire):
     typical_p: float | None = None
     watermark: bool = False
     top_n_tokens: int | None = None
-    grammar: Any = None
+    grammar: GrammarSpec | None = None
     adapter_id: str | None = None
 
     def sampling(self) -> SamplingParams:
         if self.best_of not in (None, 1):
             raise InvalidRequest("`best_of` > 1 is not supported")
-        if self.grammar is not None:
-            raise InvalidRequest("`grammar` is not supported")
         if self.typical_p is not None and self.typical_p < 1.0:
             raise InvalidRequest("`typical_p` is not supported")
         return SamplingParams(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, stop=tuple(self.stop), seed=self.seed,
-            do_sample=self.do_sample,
+            do_sample=self.do_sample, grammar=self.grammar.grammar() if self.grammar else None,
         )
 
 
@@ -87,10 +122,11 @@ class ChatRequest(_Wire):
     presence_penalty: float | None = None
     stop: str | list[str] | None = None
     seed: int | None = None
-    n: int = Field(1, ge=1, le=16)
+    n: int = Field(1, ge=1, le=64)  # as a task's num_generations
     stream: bool = False
     stream_options: StreamOptions | None = None
     tools: list[Any] | None = None
+    response_format: GrammarSpec | None = None
 
     def plain_messages(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
@@ -107,6 +143,7 @@ class ChatRequest(_Wire):
             top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
             stop=tuple(stop), seed=self.seed, do_sample=True,
+            grammar=self.response_format.grammar() if self.response_format else None,
         )
 
 

@@ -28,9 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from llm_clients.base import Message
 
-from .base import ParseError, RowError, Task, TaskParams
+from .base import InputError, ParseError, RowContext, RowError, Task, TaskParams
 from .parsing import json_object, pick_keys
 from .rendering import TemplateError, compile_user_template, render_user_template
+from .structured import StructuredOutputParams, structured_answer
 
 __all__ = ["CustomTaskError", "FileTask", "load_dir", "load_file"]
 
@@ -115,12 +116,15 @@ class FileTask(Task):
         self.description = spec.description or f"Defined in {path.name}."
         self.inputs, self.outputs = tuple(spec.inputs), tuple(spec.outputs)
         self.Params = create_model(
-            f"{_camel(spec.name)}Params", __base__=TaskParams,
+            f"{_camel(spec.name)}Params", __base__=StructuredOutputParams,
             system_prompt=(str | None, Field(spec.system_prompt, max_length=100_000,
                                              description="The system message (null: none).")),
         )
         self.template = compile_user_template(spec.template, self.inputs)
         self.pattern = re.compile(spec.parser.pattern) if spec.parser.pattern is not None else None
+
+    def output_columns(self, params: TaskParams) -> tuple[str, ...]:
+        return self.outputs + ("generation_parsed",) if params.structured_output else self.outputs  # type: ignore[attr-defined]
 
     def check_row(self, row: dict[str, Any], params: TaskParams) -> None:
         for col in self.inputs:
@@ -129,14 +133,28 @@ class FileTask(Task):
         try:
             self.format(row, params, None)
         except TemplateError as exc:
-            raise ValueError(f"template of {self.path.name}: {exc}") from None
+            raise InputError(f"template of {self.path.name}: {exc}") from None
 
     def format(self, row: dict[str, Any], params: TaskParams, rng: random.Random | None) -> list[Message]:
         content = render_user_template(self.template, {c: row[c] for c in self.inputs})
         system = params.system_prompt  # type: ignore[attr-defined]
         return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": content}]
 
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: TaskParams) -> dict | list[dict]:
+        if params.structured_output is not None:  # type: ignore[attr-defined]
+            ctx.kwargs = ctx.kwargs.with_json_schema(params.structured_output.json_schema)  # type: ignore[attr-defined]
+        return await super().run(ctx, row, params)
+
     def parse(self, answer: str, row: dict[str, Any], params: TaskParams) -> dict[str, Any]:
+        """The file's parser on the answer; with structured output, the answer first checked
+        against the schema, its value in `generation_parsed`."""
+        structured = params.structured_output  # type: ignore[attr-defined]
+        if structured is None:
+            return self._parse(answer)
+        value = structured_answer(answer, structured.json_schema)
+        return {**self._parse(answer), "generation_parsed": value}
+
+    def _parse(self, answer: str) -> dict[str, Any]:
         kind = self.spec.parser.type
         if kind == "json":
             return pick_keys(json_object(answer), self.outputs)

@@ -11,14 +11,15 @@ from pydantic import Field, field_validator
 
 from llm_clients.base import Message
 
-from .base import RowContext, RowError, Task, TaskParams
+from .base import InputError, ParseError, RowContext, RowError, Task
 from .rendering import TemplateError, compile_user_template, render_user_template
+from .structured import StructuredOutputParams, structured_answer
 
 ROLES = ("system", "user", "assistant", "tool")
 DEFAULT_TEMPLATE = "{{ instruction }}"
 
 
-class GenerationParams(TaskParams):
+class GenerationParams(StructuredOutputParams):
     system_prompt: str | None = Field(None, description="System message; a row's `system_prompt` column wins.")
     num_generations: int = Field(1, ge=1, le=64, description="Generations per row (the backend's native `n` where it has one).")
     group_generations: bool = Field(False, description="One row with list outputs instead of one row per generation.")
@@ -40,6 +41,9 @@ class TextGenerationParams(GenerationParams):
 class _Generation(Task):
     outputs = ("generation",)
 
+    def output_columns(self, params: GenerationParams) -> tuple[str, ...]:
+        return ("generation", "generation_parsed") if params.structured_output else self.outputs
+
     def rows_per_unit(self, params: GenerationParams) -> int:
         return 1 if params.group_generations else params.num_generations
 
@@ -51,15 +55,24 @@ class _Generation(Task):
     def system_prompt(self, row: dict[str, Any], params: GenerationParams) -> str | None:
         return row.get("system_prompt") or params.system_prompt
 
-    async def generate(self, ctx: RowContext, messages: list[Message], params: GenerationParams) -> dict | list[dict]:
+    async def generate(self, ctx: RowContext, messages: list[Message], params: GenerationParams) -> dict | list:
+        schema = params.structured_output.json_schema if params.structured_output else None
+        if schema is not None:
+            ctx.kwargs = ctx.kwargs.with_json_schema(schema)
         k = params.num_generations
-        if k == 1:
-            text = await ctx.chat(messages, stream=True)
-            return {"generation": [text] if params.group_generations else text}
-        texts = await ctx.chat_n(messages, k)
-        if params.group_generations:
-            return {"generation": texts}
-        return [{"generation": t} for t in texts]
+        texts = [await ctx.chat(messages, stream=True)] if k == 1 else await ctx.chat_n(messages, k)
+        if schema is None:
+            return {"generation": texts} if params.group_generations else [{"generation": t} for t in texts]
+        results = [_parsed(t, schema) for t in texts]
+        if not params.group_generations:
+            return results  # an answer that does not validate fails its own row, its text kept
+        failed = [j for j, r in enumerate(results) if isinstance(r, ParseError)]
+        grouped = {"generation": texts,
+                   "generation_parsed": [None if j in failed else r["generation_parsed"] for j, r in enumerate(results)]}
+        if failed:
+            which = ", ".join(str(j + 1) for j in failed)
+            raise ParseError(f"generation {which} of {k}: {results[failed[0]]}", outputs=grouped)
+        return grouped
 
 
 class TextGeneration(_Generation):
@@ -73,7 +86,7 @@ class TextGeneration(_Generation):
         try:
             compile_user_template(params.template, tuple(params.columns))
         except TemplateError as exc:
-            raise ValueError(f"params.template: {exc}") from exc
+            raise InputError(f"params.template: {exc}") from exc
 
     def check_row(self, row: dict[str, Any], params: TextGenerationParams) -> None:
         super().check_row(row, params)
@@ -86,7 +99,7 @@ class TextGeneration(_Generation):
             try:  # rendering is cheap: a template that fails on this row fails before any call
                 self.format(row, params, None)
             except TemplateError as exc:
-                raise ValueError(f"params.template: {exc}") from None
+                raise InputError(f"params.template: {exc}") from None
 
     def format(self, row: dict[str, Any], params: TextGenerationParams, rng: random.Random) -> list[Message]:
         if params.template == DEFAULT_TEMPLATE:  # the common case skips Jinja: ~10% of a row's CPU
@@ -139,6 +152,13 @@ def _content_ok(message: dict[str, Any]) -> bool:
     if content is None:
         return message["role"] == "assistant"  # e.g. one that only calls tools
     return isinstance(content, str) or (isinstance(content, list) and all(isinstance(p, dict) for p in content))
+
+
+def _parsed(text: str, schema: dict[str, Any]) -> dict[str, Any] | ParseError:
+    try:
+        return {"generation": text, "generation_parsed": structured_answer(text, schema)}
+    except ParseError as exc:
+        return ParseError(str(exc), outputs={"generation": text, "generation_parsed": None})
 
 
 TASKS = (TextGeneration(), ChatGeneration())

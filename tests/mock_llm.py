@@ -14,7 +14,9 @@ Model routes (same answers everywhere):
                                       POST /chat_tokenize, POST /embed, GET /health
 
 The default answer is "Echo: " + the last user message (or the raw prompt), cut at the
-first `stop` string and at `max_tokens` / `max_new_tokens` words. Token counts are
+first `stop` string and at `max_tokens` / `max_new_tokens` words. A request with structured
+output (chat `response_format` other than text, TGI `parameters.grammar`) gets the JSON
+object {"echo": <that message>, "format": <the response_format or grammar as sent>}. Token counts are
 whitespace-split words: input = the prompt's words (all message contents), output = the
 answer's. Streams send one word per chunk. Usage in a chat stream: with `stream_options`
 given (OpenAI), a final usage chunk only when `include_usage` is true; without it
@@ -85,6 +87,12 @@ def _words(text: str) -> int:
 def chatml(messages: list[dict]) -> str:
     parts = [f"<|im_start|>{m.get('role', 'user')}\n{_text(m.get('content'))}<|im_end|>\n" for m in messages]
     return "".join(parts) + "<|im_start|>assistant\n"
+
+
+def echo_answer(prompt: str, structured: Any) -> str:
+    if not structured or (isinstance(structured, dict) and structured.get("type") == "text"):
+        return "Echo: " + prompt
+    return _dumps({"echo": prompt, "format": structured})
 
 
 def shape_answer(text: str, stop: Any, max_tokens: int | None) -> tuple[str, str]:
@@ -228,7 +236,7 @@ class MockLLM:
             answers = []
             for _ in range(n):
                 reply = rule.next_reply() if rule is not None else None
-                text = "Echo: " + prompt if reply is None else reply
+                text = echo_answer(prompt, body.get("response_format")) if reply is None else reply
                 answers.append(shape_answer(text, body.get("stop"), max_tokens))
             input_tokens = sum(_words(_text(m.get("content"))) for m in messages)
             output_tokens = sum(_words(text) for text, _ in answers)
@@ -294,7 +302,7 @@ class MockLLM:
             if rule is not None and rule.status is not None:
                 return self._error(rule, tgi=True)
             reply = rule.next_reply() if rule is not None else None
-            text, reason = shape_answer("Echo: " + prompt if reply is None else reply,
+            text, reason = shape_answer(echo_answer(prompt, params.get("grammar")) if reply is None else reply,
                                         params.get("stop"), params.get("max_new_tokens"))
             reason = {"stop": "eos_token"}.get(reason, reason)
             tokens = [{"id": zlib.crc32(w.encode()) % 32000, "text": w if j == 0 else " " + w,
