@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import signal
 import time
 
 import httpx
@@ -57,7 +56,7 @@ async def test_sigterm_drains_requests_and_ends_streams(mock, cli_server, tmp_pa
         assert answer.json()["rows"][0]["generation"].startswith("Echo: slow-json")
 
     code = await asyncio.to_thread(proc.wait, 10)
-    assert code in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it handled
+    assert code == 0  # a graceful stop, not the re-raised SIGTERM (143)
     assert time.monotonic() - started < 10
     with pytest.raises(httpx.TransportError):
         httpx.get(url + "/health", timeout=1)

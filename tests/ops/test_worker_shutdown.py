@@ -50,3 +50,4 @@ async def test_sigterm_mid_job_finishes_held_chunks_and_loses_no_row(mock, rds, 
     records = [json.loads(line) for line in logs.splitlines() if line.strip()]
     assert any("finishing" in r["msg"] for r in records)
     assert PREFIX not in logs
+    assert "never retrieved" not in logs  # no task of the worker left failing unobserved
