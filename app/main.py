@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__
+from . import __version__, ui
 from .auth import principal
 from .config import Settings, load_settings
 from .errors import SynthserveError, Unavailable
@@ -42,7 +42,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.synth = state
             yield
 
-    app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
+                  docs_url=None, redoc_url=None)  # on local assets: app.ui
     app.state.draining = asyncio.Event()  # set by app.server on SIGTERM: SSE streams end
     app.add_middleware(AllowedMethods)
     app.add_middleware(BodyLimit)
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(tasks.router, dependencies=[Depends(principal)])
     app.include_router(jobs.router, dependencies=[Depends(principal)])
+    ui.install(app)  # /ui, /docs
     return app
 
 

