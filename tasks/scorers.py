@@ -10,10 +10,11 @@ from typing import Any
 
 from llm_clients.base import Message
 
-from .base import RowError
+from .base import ParseError, RowError
 from .one_call import GenerationsParams, OneCallTask
 from .parsing import scores_by_index
 from .rendering import render
+from .structured import DefaultStructuredOutput, DefaultStructuredOutputParams
 
 MAX_ITEMS = 256
 
@@ -29,17 +30,29 @@ def _check_list(row: dict[str, Any], col: str) -> None:
             raise RowError(col, f"{col}[{j}] must be a string")
 
 
-class ScorerParams(GenerationsParams):
+class ScorerParams(GenerationsParams, DefaultStructuredOutputParams):
     """The params of both scorers."""
 
 
-class _Scorer(OneCallTask[ScorerParams]):
+class _Scorer(DefaultStructuredOutput, OneCallTask[ScorerParams]):
     outputs = ("scores",)
     Params = ScorerParams
     items: str  # the list column scored
+    schema_title: str  # distilabel's get_structured_output: {"scores": [int, ...]}
 
     def empty_outputs(self, row: dict[str, Any], params: ScorerParams) -> dict[str, Any]:
         return {"scores": [None] * len(row[self.items])}
+
+    def default_schema(self, params: ScorerParams) -> dict[str, Any]:
+        return {"properties": {"scores": {"items": {"type": "integer"}, "title": "Scores", "type": "array"}},
+                "required": ["scores"], "title": self.schema_title, "type": "object"}
+
+    def read_structured(self, value: dict[str, Any], row: dict[str, Any], params: ScorerParams) -> dict[str, Any]:
+        scores, n = value["scores"], len(row[self.items])
+        if len(scores) != n:  # the scores given are kept, by position
+            raise ParseError(f"{len(scores)} scores for {n} {self.items}",
+                             outputs={"scores": (scores + [None] * n)[:n]})
+        return {"scores": scores}
 
 
 class ComplexityScorer(_Scorer):
@@ -47,6 +60,7 @@ class ComplexityScorer(_Scorer):
     description = "DEITA complexity scores: rank a row's `instructions` by difficulty, one score each."
     inputs = ("instructions",)
     items = "instructions"
+    schema_title = "SchemaComplexityScorer"
 
     def check_row(self, row: dict[str, Any], params: ScorerParams) -> None:
         _check_list(row, "instructions")
@@ -63,6 +77,7 @@ class QualityScorer(_Scorer):
     description = "DEITA quality scores: rank a row's `responses` to its `instruction` by quality, one score each."
     inputs = ("instruction", "responses")
     items = "responses"
+    schema_title = "SchemaQualityScorer"
 
     def check_row(self, row: dict[str, Any], params) -> None:
         instruction = row.get("instruction")

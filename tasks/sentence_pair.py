@@ -15,6 +15,7 @@ from .base import ParseError
 from .one_call import GenerationsParams, OneCallTask
 from .parsing import markdown_sections
 from .rendering import render
+from .structured import DefaultStructuredOutput, DefaultStructuredOutputParams
 
 # what the positive sentence must do to the anchor, per action
 ACTIONS = {
@@ -25,7 +26,7 @@ ACTIONS = {
 }
 
 
-class SentencePairParams(GenerationsParams):
+class SentencePairParams(GenerationsParams, DefaultStructuredOutputParams):
     action: Literal["paraphrase", "semantically-similar", "query", "answer"] = Field(
         ..., description="What the positive sentence is to the anchor.")
     triplet: bool = Field(False, description="Also write a negative sentence.")
@@ -33,7 +34,7 @@ class SentencePairParams(GenerationsParams):
     context: str = Field("", max_length=20_000, description="Context the sentences should take into account.")
 
 
-class GenerateSentencePair(OneCallTask[SentencePairParams]):
+class GenerateSentencePair(DefaultStructuredOutput, OneCallTask[SentencePairParams]):
     name = "generate-sentence-pair"
     description = ("Sentence-transformers pairs or triplets: from an `anchor`, a `positive` sentence "
                    "(and with `triplet` a `negative` one).")
@@ -49,6 +50,15 @@ class GenerateSentencePair(OneCallTask[SentencePairParams]):
                         hard_negative=params.hard_negative, has_context=bool(params.context))
         content = render("generate-sentence-pair", anchor=row["anchor"], context=params.context)
         return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+    def default_schema(self, params: SentencePairParams) -> dict[str, Any]:
+        """distilabel's get_structured_output: `positive` (and `negative`) strings."""
+        columns = self.output_columns(params)
+        return {"properties": {c: {"title": c.capitalize(), "type": "string"} for c in columns},
+                "required": list(columns), "title": "Schema", "type": "object"}
+
+    def read_structured(self, value: dict[str, Any], row: dict[str, Any], params: SentencePairParams) -> dict[str, Any]:
+        return {c: value[c] for c in self.output_columns(params)}
 
     def parse(self, answer: str, row: dict[str, Any], params: SentencePairParams) -> dict[str, Any]:
         sections = markdown_sections(answer)

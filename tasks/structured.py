@@ -13,9 +13,10 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .base import ParseError, TaskParams
+from .base import ParseError, RowContext, TaskParams
 
-__all__ = ["StructuredOutput", "StructuredOutputParams", "structured_answer"]
+__all__ = ["DefaultStructuredOutput", "DefaultStructuredOutputParams", "StructuredOutput", "StructuredOutputParams",
+           "structured_answer"]
 
 MAX_SCHEMA_CHARS = 100_000
 
@@ -41,6 +42,38 @@ class StructuredOutputParams(TaskParams):
     structured_output: StructuredOutput | None = Field(None, description=(
         "`{\"schema\": <JSON Schema>}`: the answer is JSON following it (sent to the backend natively, "
         "checked on return); `generation_parsed` holds the parsed value."))
+
+
+class DefaultStructuredOutputParams(TaskParams):
+    use_default_structured_output: bool = Field(False, description=(
+        "Ask for the task's own JSON schema (distilabel's) instead of its text format: sent to the backend "
+        "natively, the answer read as that JSON."))
+
+
+class DefaultStructuredOutput:
+    """distilabel's `use_default_structured_output`, for a one-call task (before OneCallTask
+    in its bases): the call carries `default_schema`, and each answer is read as JSON of
+    it by `read_structured` instead of the task's text parser."""
+
+    def default_schema(self, params: Any) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def read_structured(self, value: Any, row: dict[str, Any], params: Any) -> dict[str, Any]:
+        """The outputs of a validated answer; ParseError (with what could be read) if unusable."""
+        raise NotImplementedError
+
+    async def run(self, ctx: RowContext, row: dict[str, Any], params: Any) -> dict | list:
+        if params.use_default_structured_output:
+            ctx.kwargs = ctx.kwargs.with_json_schema(self.default_schema(params))
+        return await super().run(ctx, row, params)  # type: ignore[misc]
+
+    def parse_one(self, answer: str, row: dict[str, Any], params: Any) -> dict[str, Any] | ParseError:
+        if not params.use_default_structured_output:
+            return super().parse_one(answer, row, params)  # type: ignore[misc]
+        try:
+            return self.read_structured(structured_answer(answer, self.default_schema(params)), row, params)
+        except ParseError as exc:
+            return exc
 
 
 def structured_answer(answer: str, schema: dict[str, Any]) -> Any:

@@ -142,3 +142,59 @@ async def test_the_local_backend_constrains_decoding():
         assert row["error"] is None, row
         assert row["generation_parsed"]["kind"] in ("cat", "dog") and 0 <= row["generation_parsed"]["age"] <= 30
         assert json.loads(row["generation"]) == row["generation_parsed"]
+
+
+# ---- use_default_structured_output (distilabel's get_structured_output schemas) ----
+
+SCORES_SCHEMA = {"properties": {"scores": {"items": {"type": "integer"}, "title": "Scores", "type": "array"}},
+                 "required": ["scores"], "type": "object"}
+
+
+@pytest.mark.parametrize("task, row, title", [
+    ("complexity-scorer", {"instructions": ["a", "b"]}, "SchemaComplexityScorer"),
+    ("quality-scorer", {"instruction": "q", "responses": ["a", "b"]}, "SchemaQualityScorer"),
+])
+@pytest.mark.parametrize("reply, scores, error", [
+    ('{"scores": [1, 2]}', [1, 2], None),
+    ('{"scores": [3]}', [3, None], "1 scores for 2"),          # the scores given are kept
+    ('{"scores": ["high", 2]}', [None, None], "at scores/0"),  # not integers
+    ("[1] Score: 1\n[2] Score: 2", [None, None], "not valid JSON"),
+])
+async def test_scorers_default_structured_output(mock, service, task, row, title, reply, scores, error):
+    await mock.ascript([{"reply": reply}])
+    body = await run_task(service, task, [row], {"use_default_structured_output": True})
+    (out,) = body["rows"]
+    assert out["scores"] == scores
+    assert (out["error"] or {}).get("type") == ("parse_error" if error else None)
+    if error:
+        assert error in out["error"]["message"]
+    (request,) = _structured_requests(await mock.arequests())
+    assert request["body"]["response_format"] == {
+        "type": "json_schema", "json_schema": {"name": title, "schema": {**SCORES_SCHEMA, "title": title}}}
+
+
+@pytest.mark.parametrize("triplet, reply, outputs, error", [
+    (False, '{"positive": "A paraphrase."}', {"positive": "A paraphrase."}, None),
+    (True, '{"positive": "Same.", "negative": "Other."}', {"positive": "Same.", "negative": "Other."}, None),
+    (True, '{"positive": "Same."}', {"positive": None, "negative": None}, "'negative' is a required property"),
+])
+async def test_sentence_pair_default_structured_output(mock, service, triplet, reply, outputs, error):
+    await mock.ascript([{"reply": reply}])
+    body = await run_task(service, "generate-sentence-pair", [{"anchor": "A sentence."}],
+                          {"action": "paraphrase", "triplet": triplet, "use_default_structured_output": True})
+    (out,) = body["rows"]
+    assert {c: out[c] for c in outputs} == outputs
+    assert (out["error"] or {}).get("message", "").find(error or "") >= 0 and bool(out["error"]) == bool(error)
+    (request,) = _structured_requests(await mock.arequests())
+    columns = ["positive", "negative"] if triplet else ["positive"]
+    assert request["body"]["response_format"]["json_schema"]["schema"] == {
+        "properties": {c: {"title": c.capitalize(), "type": "string"} for c in columns},
+        "required": columns, "title": "Schema", "type": "object"}
+
+
+async def test_default_structured_output_is_off_by_default(mock, service):
+    await mock.ascript([{"reply": "[1] Score: 4\n[2] Score: 5"}])
+    body = await run_task(service, "complexity-scorer", [{"instructions": ["a", "b"]}])
+    assert body["rows"][0]["scores"] == [4, 5]
+    (request,) = _structured_requests(await mock.arequests())
+    assert "response_format" not in request["body"]
