@@ -5,10 +5,11 @@ on it (Slots), and the controller that moves it with what the backend answers
 AdaptiveLimit is additive-increase / multiplicative-decrease, as TCP congestion control:
 halved on a 429 or a timeout, +1 per window of successes, between 1 and max_concurrency.
 A plain sawtooth between L/2 and L runs at 3/4 of the ceiling L on average, so the window
-is short (limit/4 successes) while the limit is below the level where the last 429 came
-(back where it was safe within a few round trips) and long (8 x limit) at that level (the
-ceiling is probed rarely, so few calls are refused). A call that began before the last
-decrease does not decrease again: one burst of 429s is one halving.
+depends on where the limit stands against the level the backend last took (the calls in
+flight beside the one refused): below it, one success (the limit doubles per round trip
+back to where it was safe, as TCP's slow start); at or above it, 32 x limit successes (the
+ceiling is probed rarely, so few calls are refused). A call that got its slot before the
+last decrease does not decrease again: one burst of 429s is one halving.
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ class Slots:
         self.limit = limit
         self.in_use = 0
         self.waiting = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._waiters: deque[asyncio.Future[float]] = deque()
 
-    async def acquire(self) -> None:
+    async def acquire(self) -> float:
+        """Wait for a slot; returns when it was granted (time.monotonic()), which may be a
+        loop turn before this coroutine resumes."""
         if self.in_use < self.limit and not self.waiting:
             self.in_use += 1
-            return
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return time.monotonic()
+        future: asyncio.Future[float] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self.waiting += 1
         try:
-            await future
+            return await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled():
                 self.release()  # granted just as we were cancelled: hand it on
@@ -56,12 +59,13 @@ class Slots:
         self._wake()
 
     def _wake(self) -> None:
+        now = time.monotonic()
         while self._waiters and self.in_use < self.limit:
             future = self._waiters.popleft()
             if not future.done():
                 self.in_use += 1
                 self.waiting -= 1
-                future.set_result(None)
+                future.set_result(now)
 
 
 class AdaptiveLimit:
@@ -70,7 +74,7 @@ class AdaptiveLimit:
     def __init__(self, slots: Slots, maximum: int):
         self.slots = slots
         self.maximum = maximum
-        self.ceiling = maximum + 1  # the limit at which the last overload came
+        self.safe = maximum  # calls in flight besides the one refused, at the last overload
         self.successes = 0
         self.last_decrease = float("-inf")
 
@@ -79,16 +83,19 @@ class AdaptiveLimit:
         if limit >= self.maximum:
             return
         self.successes += 1
-        window = 8 * limit if limit >= self.ceiling - 1 else max(1, limit // 4)
+        window = 32 * limit if limit >= self.safe else 1
         if self.successes >= window:
             self.successes = 0
             self.slots.resize(limit + 1)
 
-    def on_overload(self, started: float) -> None:
-        """A 429 or a timeout of a call that began at `started` (time.monotonic())."""
+    def on_overload(self, started: float, in_flight: int) -> None:
+        """A 429 or a timeout of a call that got its slot at `started` (time.monotonic()),
+        with `in_flight` calls in flight, itself included, when it ended."""
         if started < self.last_decrease:
             return
         self.last_decrease = time.monotonic()
-        self.ceiling = self.slots.limit
+        # the others in flight then went through: the backend takes about that many, whatever
+        # the limit had been cut to meanwhile
+        self.safe = max(1, in_flight - 1)
         self.successes = 0
         self.slots.resize(max(1, self.slots.limit // 2))

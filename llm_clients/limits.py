@@ -143,13 +143,14 @@ class CallPolicy:
                 await asyncio.sleep(pause)
             if self.rate is not None:
                 await self.rate.acquire(tokens)
-            started = time.monotonic()
             try:
-                await self.slots.acquire()
+                # an overload is judged by when the call got its slot, not when it began to wait
+                started = await self.slots.acquire()
                 try:
                     async with asyncio.timeout(self.timeout_s):
                         result = await attempt()
                 finally:
+                    in_flight = self.slots.in_use  # this call included (release may hand its slot on)
                     self.slots.release()
                 if self.adaptive is not None:
                     self.adaptive.on_success()
@@ -158,21 +159,21 @@ class CallPolicy:
                 error: TransientError = TransientError(f"timed out after {self.timeout_s:g}s")
                 error.__cause__ = exc
                 if self.adaptive is not None:
-                    self.adaptive.on_overload(started)
+                    self.adaptive.on_overload(started, in_flight)
             except TransientError as exc:
                 error = exc
                 if exc.overload:
-                    self._overloaded(exc, started)
+                    self._overloaded(exc, started, in_flight)
             if n == self.max_retries or not retry_if():
                 raise LLMError(f"{error} (after {n + 1} attempt{'s' if n else ''})") from error
             self.retries += 1
             await asyncio.sleep(self._delay(n, error.retry_after))
         raise AssertionError("unreachable")
 
-    def _overloaded(self, error: TransientError, started: float) -> None:
+    def _overloaded(self, error: TransientError, started: float, in_flight: int) -> None:
         self.throttled += 1
         if self.adaptive is not None:
-            self.adaptive.on_overload(started)
+            self.adaptive.on_overload(started, in_flight)
         if error.quota_reset:
             self.paused_until = max(self.paused_until, time.monotonic() + min(error.quota_reset, self.backoff_max_s))
 

@@ -49,19 +49,20 @@ def test_one_burst_of_429s_halves_once_and_successes_bring_it_back():
     slots = Slots(32)
     limit = AdaptiveLimit(slots, 32)
     started = time.monotonic()
-    limit.on_overload(started)
-    for _ in range(10):  # the same burst: calls that began before the decrease
-        limit.on_overload(started)
-    assert slots.limit == 16
-    limit.on_overload(time.monotonic())  # a call begun after it: a new overload
-    assert slots.limit == 8
-    while slots.limit < 15:  # below the level of the last 429: back fast
+    limit.on_overload(started, 32)
+    for _ in range(10):  # the same burst: calls that got their slot before the decrease
+        limit.on_overload(started, 32)
+    assert slots.limit == 16 and limit.safe == 31
+    limit.on_overload(time.monotonic(), 12)  # a call sent after it: a new overload, at 12 in flight
+    assert slots.limit == 8 and limit.safe == 11
+    for _ in range(3):  # below the level the backend took: +1 per success
         limit.on_success()
+    assert slots.limit == 11
     calls = 0
-    while slots.limit < 16:  # at that level: probed slowly
+    while slots.limit < 12:  # at that level: probed slowly
         limit.on_success()
         calls += 1
-    assert calls >= 8 * 15
+    assert calls == 32 * 11
     for _ in range(100_000):
         limit.on_success()
     assert slots.limit == 32  # never above max_concurrency
@@ -70,8 +71,19 @@ def test_one_burst_of_429s_halves_once_and_successes_bring_it_back():
 def test_never_below_one():
     slots = Slots(1)
     limit = AdaptiveLimit(slots, 4)
-    limit.on_overload(time.monotonic())
+    limit.on_overload(time.monotonic(), 1)
     assert slots.limit == 1
+
+
+async def test_a_slot_reports_when_it_was_granted():
+    slots = Slots(1)
+    first = await slots.acquire()
+    waiter = asyncio.create_task(slots.acquire())
+    await asyncio.sleep(0)
+    slots.release()
+    released = time.monotonic()
+    await asyncio.sleep(0.01)  # the waiter resumes later than it was granted
+    assert first <= released and await waiter <= released
 
 
 def test_rate_limit_headers():
