@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import atexit
 import concurrent.futures
+import logging
 import os
 import random
 import threading
+import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
@@ -27,6 +29,7 @@ from .batcher import Sequence as Request
 from .embedding import Embedder
 from .grammar import Grammars
 from .params import (
+    DEFAULT_MAX_NEW_TOKENS,
     MAX_BATCH_SIZE,
     MAX_CONCURRENT_REQUESTS,
     EngineError,
@@ -42,7 +45,8 @@ __all__ = ["Engine", "GenerationResult", "SamplingParams", "Token", "get_engine"
 Message = dict[str, Any]
 EmbedInput = str | list[Message]
 
-DEFAULT_MAX_NEW_TOKENS = 1024  # when a chat request gives no limit (TGI: the rest of the context)
+log = logging.getLogger(__name__)
+
 KV_BUDGET_BYTES = 2 << 30  # key/value cache the batch may reserve, when max_batch_tokens is not given
 
 
@@ -277,7 +281,11 @@ def get_engine(model: str | None = None, device: str | None = None, **options: A
         if engine is None:
             if not _engines:
                 atexit.register(_close_engines)
+            # seconds of silence otherwise: say when the model starts loading and when it is ready
+            log.info("loading model %s on %s", model or "SmolLM2-135M-Instruct (embedded)", key[1])
+            started = time.monotonic()
             engine = _engines[key] = Engine.load(model, device, **options)
+            log.info("model %s ready on %s (%.1f s)", engine.model_id, key[1], time.monotonic() - started)
         return engine
 
 

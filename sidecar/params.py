@@ -17,6 +17,9 @@ from typing import Any, Literal
 # the engine's limits when none are given (TGI's launcher has the same options)
 MAX_BATCH_SIZE = 32
 MAX_CONCURRENT_REQUESTS = 128
+# max_new_tokens when a request gives none, on every route and the local backend (docs/api.md,
+# "Defaults that apply everywhere"): a small model left to the rest of its context rambles for minutes
+DEFAULT_MAX_NEW_TOKENS = 256
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -55,7 +58,7 @@ class SamplingParams:
     `do_sample` is set or when a warper is (temperature != 1, top_k, top_p < 1), as in TGI;
     temperature 0 means greedy."""
 
-    max_new_tokens: int | None = None  # None: the engine's default for the rest of the context
+    max_new_tokens: int | None = None  # None: DEFAULT_MAX_NEW_TOKENS, or the rest of the context if less
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None

@@ -12,10 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .params import GenerationResult, Grammar, InvalidRequest, SamplingParams, Token
+from .params import DEFAULT_MAX_NEW_TOKENS, GenerationResult, Grammar, InvalidRequest, SamplingParams, Token
 
 ROUTER = "synthserve-sidecar"  # /info's "router": how a client tells this server from a real TGI
-TGI_DEFAULT_MAX_NEW_TOKENS = 100
 MAX_STOP_SEQUENCES = 16
 
 
@@ -60,7 +59,7 @@ class GrammarSpec(_Wire):
 
 
 class GenerateParameters(_Wire):
-    max_new_tokens: int | None = TGI_DEFAULT_MAX_NEW_TOKENS
+    max_new_tokens: int | None = DEFAULT_MAX_NEW_TOKENS  # TGI's is 100; docs/api.md says 256
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
