@@ -7,5 +7,10 @@ setup:
 serve: setup
 	.venv/bin/synthserve serve $(ARGS)
 
+# every benchmark script in turn, each printing its figures; one of them: make bench BENCH=cli_throughput
+bench: setup
+	@for script in $(if $(BENCH),bench/$(BENCH).py,$$(grep -l '^if __name__' bench/*.py)); do \
+	  echo "== $$script"; .venv/bin/python $$script $(ARGS) || exit 1; done
+
 test: setup
 	.venv/bin/python -m pytest -q $(ARGS)
