@@ -24,6 +24,7 @@ from .metrics import Metrics
 from .metrics import router as metrics_router
 from .middleware import CORS, AccessLog, AllowedMethods, BodyLimit
 from .routes import health, jobs, tasks
+from .spend import Spend
 from .state import AppState
 
 DESCRIPTION = """Generate synthetic training data with LLMs: POST rows to `/tasks/{name}` and get
@@ -75,6 +76,7 @@ async def open_jobs(stack: AsyncExitStack, state: AppState) -> None:
     config = state.settings.jobs
     url = config.redis_url or await stack.enter_async_context(private_redis(config.data_dir))
     state.jobs = JobStore.connect(url, config)
+    state.spend = Spend.open(state.settings, state.backends, state.jobs.redis)
     stack.push_async_callback(state.jobs.aclose)
     state.events = EventHub(state.jobs, url)
     await state.events.start()

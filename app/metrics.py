@@ -20,6 +20,7 @@ process (tests) never share counters. What is counted where:
     synthserve_llm_concurrency_limit{backend}                 " (the adaptive limit now)
     synthserve_llm_throttled_total{backend}                   " (attempts answered 429)
     synthserve_llm_calls_waiting{backend}                     " (calls queued for a slot)
+    synthserve_cache_hits_total, _misses_total              read from the call cache (app.spend) at scrape time
     synthserve_sse_streams_open                             app.sse.SSEResponse
     synthserve_jobs_queue_depth                             `await state.jobs.queue_depth()` at scrape time,
                                                             when the job store has it (else -1)
@@ -83,6 +84,12 @@ class BackendCollector(Collector):
             throttled.add_metric([name], policy.throttled)
             waiting.add_metric([name], policy.slots.waiting)
         yield from (retries, in_flight, limit, current, throttled, waiting)
+        cache = self.state.spend.cache if self.state.spend is not None else None
+        if cache is not None:
+            yield CounterMetricFamily("synthserve_cache_hits", "LLM calls answered from the call cache",
+                                      value=cache.hits)
+            yield CounterMetricFamily("synthserve_cache_misses",
+                                      "LLM calls looked up in the call cache and not found", value=cache.misses)
 
 
 class Metrics:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,11 +26,17 @@ class TaskRequest(_Body):
     include_raw: bool = Field(True, description="Keep `metadata.raw_input` and `raw_output`.")
     stream: bool = Field(False, description="Answer with server-sent events (also with `Accept: text/event-stream`).")
     stream_tokens: bool = Field(False, description="text/chat-generation over SSE: `token` events as text is produced.")
+    cache: bool | Literal["refresh"] = Field(True, description=(
+        "The LLM-call cache: `false` neither reads nor writes it, `\"refresh\"` calls again and overwrites."))
+    dry_run: bool = Field(False, description=(
+        "Answer an estimate `{calls, input_tokens, max_output_tokens, cost_usd}` instead; no call is made."))
 
 
 class UsageOut(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = Field(0.0, description="At the backend's prices; answers from the cache cost nothing.")
+    cached_calls: int = Field(0, description="Calls answered from the LLM-call cache.")
 
 
 class RowErrorOut(BaseModel):

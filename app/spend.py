@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from llm_clients import Completion, GenerationKwargs, LLMClient, Message, Usage
 from llm_clients.cache import CacheMode, CachedClient, CallCache
 from llm_clients.ratelimit import RateLimiter, estimate_tokens
@@ -54,13 +56,20 @@ class Spend:
             return CachedClient(llm, None, "off")
         return self.cache.client(llm, mode)
 
-    def admit(self, llm: LLMClient) -> None:
-        """Refuse new work for a backend whose queue of waiting calls is already too deep."""
+    def admit(self, llm: LLMClient, mode: CacheMode | bool | None) -> CachedClient:
+        """`client(llm, mode)` for a new request, refused (429) while the backend's queue of
+        calls waiting for a slot is deeper than [server] max_queued_calls."""
         waiting = llm.policy.slots.waiting
         if waiting > self.settings.server.max_queued_calls:
             raise Overloaded(f"backend {llm.name!r} has {waiting} calls waiting (more than "
                              f"[server] max_queued_calls = {self.settings.server.max_queued_calls}); "
                              "retry later", headers={"Retry-After": "1"})
+        return self.client(llm, mode)
+
+
+async def dry_run(task: Task, run: TaskRun) -> JSONResponse:
+    """The answer to `"dry_run": true` (schemas.DryRunOut)."""
+    return JSONResponse(await estimate(task, run))
 
 
 async def estimate(task: Task, run: TaskRun) -> dict[str, Any]:

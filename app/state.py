@@ -19,6 +19,7 @@ from .runs import RunRequest, build_run
 
 if TYPE_CHECKING:
     from .metrics import Metrics
+    from .spend import Spend
 
 log = logging.getLogger("synthserve")
 
@@ -32,6 +33,7 @@ class AppState:
     jobs: JobStore | None = None  # set in the lifespan
     events: EventHub | None = None  # "
     metrics: Metrics | None = None  # "
+    spend: Spend | None = None  # " (the call cache and the shared rate limits, on the jobs' Redis)
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:

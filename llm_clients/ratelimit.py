@@ -10,35 +10,39 @@ both allow it, to sleep exactly that long instead of polling.
 Each bucket holds one second of its limit (at least one call), refilled continuously: over
 any minute a backend sees at most its limit plus that burst. A call costing more tokens
 than a bucket holds is let through when the bucket is full and leaves it in debt, so a
-large call is slowed, never refused forever. Within a process, waiters queue on a lock and
-only the head asks Redis, so a thousand waiting calls cost one Redis call per grant.
+large call is slowed, never refused forever. Within a process the calls waiting are sent
+together, in order: one Redis call grants as many of them as the buckets allow, so the
+limiter costs a Redis round trip per batch, not per call.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
+from collections import deque
 from typing import TYPE_CHECKING, Any
+
+from .limits import LLMError
 
 if TYPE_CHECKING:
     from .base import GenerationKwargs, Message
 
 BURST_S = 1.0
 
-# KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit), the call's
-# tokens, burst seconds. Returns "0" and takes both, or the seconds to wait and takes nothing.
+# KEYS: the requests bucket, the tokens bucket. ARGV: rpm, tpm (0 = no limit), burst
+# seconds, then the tokens of each call waiting, in order. Grants the longest prefix of
+# them both buckets allow; returns {granted, seconds until the next one may go}.
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-local burst = tonumber(ARGV[4])
+local burst = tonumber(ARGV[3])
 local buckets = {}
-local wait = 0
 for i = 1, 2 do
   local limit = tonumber(ARGV[i])
   if limit > 0 then
     local rate = limit / 60
     local cap = math.max(1, rate * burst)
-    local cost = (i == 1) and 1 or tonumber(ARGV[3])
     local v = redis.call('HMGET', KEYS[i], 'level', 'at')
     local level = tonumber(v[1])
     if level == nil then
@@ -46,21 +50,34 @@ for i = 1, 2 do
     else
       level = math.min(cap, level + (now - tonumber(v[2])) * rate)
     end
-    local need = math.min(cost, cap)
-    if level < need then
-      wait = math.max(wait, (need - level) / rate)
-    end
-    buckets[#buckets + 1] = {KEYS[i], level - cost, (cap - (level - cost)) / rate}
+    buckets[#buckets + 1] = {key = KEYS[i], rate = rate, cap = cap, level = level, tokens = (i == 2)}
   end
 end
-if wait > 0 then
-  return tostring(wait)
+local granted, wait = 0, 0
+for c = 4, #ARGV do
+  local tokens = tonumber(ARGV[c])
+  for _, b in ipairs(buckets) do
+    local cost = b.tokens and tokens or 1
+    local need = math.min(cost, b.cap)
+    if b.level < need then
+      wait = math.max(wait, (need - b.level) / b.rate)
+    end
+  end
+  if wait > 0 then
+    break
+  end
+  for _, b in ipairs(buckets) do
+    b.level = b.level - (b.tokens and tokens or 1)
+  end
+  granted = granted + 1
 end
-for _, b in ipairs(buckets) do
-  redis.call('HSET', b[1], 'level', tostring(b[2]), 'at', tostring(now))
-  redis.call('PEXPIRE', b[1], math.ceil(b[3] * 1000) + 1000)
+if granted > 0 then
+  for _, b in ipairs(buckets) do
+    redis.call('HSET', b.key, 'level', tostring(b.level), 'at', tostring(now))
+    redis.call('PEXPIRE', b.key, math.ceil((b.cap - b.level) / b.rate * 1000) + 1000)
+  end
 end
-return '0'
+return {granted, tostring(wait)}
 """
 
 
@@ -92,7 +109,10 @@ def _chars(item: Any) -> int:
 
 
 class RateLimiter:
-    """The buckets of one backend on one Redis (`redis.asyncio` client)."""
+    """The buckets of one backend on one Redis (`redis.asyncio` client). The calls waiting
+    in this process are granted in order, as many per Redis call as the buckets allow."""
+
+    MAX_BATCH = 1000
 
     def __init__(self, redis: Any, backend: str, *, rpm: int | None, tpm: int | None,
                  prefix: str = "synthserve:rate"):
@@ -100,14 +120,37 @@ class RateLimiter:
         self.tpm = tpm or 0
         self.keys = [f"{prefix}:{backend}:requests", f"{prefix}:{backend}:tokens"]
         self._take = redis.register_script(_TAKE)
-        self._head = asyncio.Lock()
-        self.waited_s = 0.0  # time calls spent waiting for the buckets (metrics, tests)
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._granting: asyncio.Task[None] | None = None
+        self.waited_s = 0.0  # time the buckets made calls wait (tests, metrics)
 
     async def acquire(self, tokens: int = 0) -> None:
-        async with self._head:
-            while True:
-                wait = float(await self._take(keys=self.keys, args=[self.rpm, self.tpm, tokens, BURST_S]))
-                if wait <= 0:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((tokens, future))
+        if self._granting is None or self._granting.done():
+            self._granting = asyncio.create_task(self._grant())
+        await future  # a cancelled waiter is skipped by _grant
+
+    async def _grant(self) -> None:
+        try:
+            while self._waiting:
+                while self._waiting and self._waiting[0][1].done():
+                    self._waiting.popleft()
+                batch = [tokens for tokens, _ in itertools.islice(self._waiting, self.MAX_BATCH)]
+                if not batch:
                     return
-                self.waited_s += wait
-                await asyncio.sleep(wait)
+                granted, wait = await self._take(keys=self.keys, args=[self.rpm, self.tpm, BURST_S, *batch])
+                for _ in range(int(granted)):
+                    _, future = self._waiting.popleft()
+                    if not future.done():
+                        future.set_result(None)
+                wait = float(wait)
+                if wait > 0:
+                    self.waited_s += wait
+                    await asyncio.sleep(wait)
+        except Exception as exc:  # noqa: BLE001 - Redis away: the waiting calls fail (their rows), none hangs
+            error = LLMError(f"the shared rate limit cannot be read from Redis: {type(exc).__name__}: {exc}")
+            while self._waiting:
+                _, future = self._waiting.popleft()
+                if not future.done():
+                    future.set_exception(error)

@@ -377,6 +377,7 @@ async def _wait_or(tasks: list[asyncio.Task], stop: asyncio.Task, timeout: float
 # ---- the CLI entry point ----
 
 async def _serve(settings: Settings) -> int:
+    from ..spend import Spend
     from ..state import AppState
 
     state = AppState.build(settings)
@@ -386,6 +387,7 @@ async def _serve(settings: Settings) -> int:
         except Exception as exc:  # a backend that is down marks its rows, it does not stop the worker
             log.warning("backend %s did not start: %s", client.name, exc)
     store = JobStore.connect(settings.jobs.redis_url, settings.jobs)
+    Spend.open(settings, state.backends, store.redis)  # the backends' rpm/tpm, shared with the API
     worker = Worker(store, state.registry, state.backends, settings.jobs)
     loop = asyncio.get_running_loop()
     signals = 0

@@ -17,6 +17,7 @@ from ..encoding import JSONBytes
 from ..deps import StateDep, wants_sse
 from ..errors import SynthserveError
 from ..schemas import TaskDetail, TaskList, TaskRequest, TaskResponse
+from ..spend import dry_run
 
 router = APIRouter(tags=["tasks"])
 log = logging.getLogger("synthserve")
@@ -44,6 +45,9 @@ async def describe_task(name: str, state: StateDep) -> dict:
 async def run_task(name: str, body: TaskRequest, request: Request, state: StateDep):
     # off the event loop: validation compiles and renders user templates, row by row
     task, run = await asyncio.to_thread(_build_run, state, name, body)
+    if body.dry_run:
+        return await dry_run(task, run)
+    run.llm = state.spend.admit(run.llm, body.cache)  # cached (as the request says) and priced
     if wants_sse(request, body.stream):
         return sse.SSEResponse(task_events(task, run, tokens=body.stream_tokens, metrics=state.metrics))
     rows: dict[int, dict] = {}
