@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -15,6 +16,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from . import __version__, ui
 from .auth import principal
 from .config import Settings, load_settings
+from .encoding import validation_error
 from .errors import SynthserveError, Unavailable
 from .jobs.follow import EventHub
 from .jobs.private import private_redis
@@ -50,6 +52,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit)
     app.add_middleware(CORS)  # outside BodyLimit: a browser can read its 413s and 422s
     app.add_middleware(AccessLog)  # outermost: sees the 413s too
+
+    app.add_exception_handler(RequestValidationError, validation_error)  # app.encoding: inf-safe
 
     @app.exception_handler(SynthserveError)
     async def synthserve_error(request: Request, exc: SynthserveError) -> JSONResponse:

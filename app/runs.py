@@ -11,6 +11,7 @@ from pydantic import ValidationError
 from llm_clients import LLMClient
 from tasks import RowError, Task, TaskRun
 
+from .encoding import NOT_FINITE, non_finite
 from .errors import InvalidInput, TooLarge
 from .schemas import LLMSpec
 
@@ -53,6 +54,10 @@ def build_run(task: Task, client: LLMClient, req: RunRequest, *, max_rows: int,
         where = oversized(req.params, "params", max_field_chars) or oversized(req.rows, "rows", max_field_chars)
         if where is not None:
             raise TooLarge(f"{where}: longer than max_field_chars ({max_field_chars} characters)")
+    where = (non_finite(req.params, "params") or non_finite(req.rows, "rows")  # 1e999 parsed to inf
+             or non_finite(req.llm.generation_kwargs.given(), "llm.generation_kwargs"))
+    if where is not None:
+        raise InvalidInput(f"{where}: {NOT_FINITE}")
     try:
         p = task.Params.model_validate(req.params)
     except ValidationError as exc:

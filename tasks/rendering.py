@@ -16,7 +16,7 @@ otherwise freeze or exhaust the process:
                 (`'a' * 10**9`, `s|replace('', s)`, a width of 10**9) is refused before it runs
     numbers     `**` and `*` on integers are refused past MAX_INT_BITS; intercepting them
                 also keeps Jinja from folding `9**(9**8)` at compile time
-    recursion   a recursive macro or loop ends in RecursionError, reported like the rest
+    recursion   calls (macros, recursive loops) nest at most MAX_CALL_DEPTH deep
 
 A thread cannot be killed, so these checks are what stops a runaway render: callers run
 renders off the event loop (app.routes.tasks, tasks.generation) and every failure is a
@@ -47,6 +47,7 @@ REQUEST_RENDER_BUDGET_S = 10.0  # all renders of one request's validation togeth
 MAX_LOOP_ITERATIONS = 100_000
 MAX_CHARS = 4_000_000  # output, and any string or list built while rendering
 MAX_INT_BITS = 64 * 1024
+MAX_CALL_DEPTH = 64
 _WIDE_PRINTF = re.compile(r"%[^%a-zA-Z]*?(?:\d{7,}|\*)")  # a width or precision of a million or more
 _WIDE_FORMAT = re.compile(r"\{[^{}]*:[^{}]*(?:\d{7,}|\{)")  # likewise for str.format, or a nested spec
 
@@ -82,13 +83,14 @@ def render(name: str, **context: Any) -> str:
 # ---- the budget of one render ----
 
 class _Budget:
-    __slots__ = ("deadline", "iterations")
+    __slots__ = ("deadline", "iterations", "depth")
 
     def __init__(self, seconds: float):
         deadline = time.monotonic() + seconds
         request_deadline = _request_deadline.get()
         self.deadline = deadline if request_deadline is None else min(deadline, request_deadline)
         self.iterations = MAX_LOOP_ITERATIONS
+        self.depth = 0
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
@@ -258,12 +260,21 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         return wrapped
 
     def call(__self, __context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805 (as Jinja's)
-        _current().tick()
+        budget = _current()
+        budget.tick()
         if isinstance(getattr(__obj, "__self__", None), str):  # a str method: ljust(10**9), replace(...)
             _check_args(args, kwargs)
             if getattr(__obj, "__name__", "") == "replace":
                 _check_replace(__obj.__self__, *args[:3])
-        return _sized(super().call(__context, __obj, *args, **kwargs))
+        # macros and recursive loops call through here: stop them long before RecursionError,
+        # whose 1,000-frame traceback Jinja then rewrites frame by frame
+        budget.depth += 1
+        try:
+            if budget.depth > MAX_CALL_DEPTH:
+                raise RenderLimit(f"template calls nest more than {MAX_CALL_DEPTH} deep (a recursive macro or loop?)")
+            return _sized(super().call(__context, __obj, *args, **kwargs))
+        finally:
+            budget.depth -= 1
 
 
 @lru_cache(maxsize=1)
