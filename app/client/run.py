@@ -5,6 +5,7 @@ CLI, web page, CORS")."""
 from __future__ import annotations
 
 import asyncio
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +44,16 @@ class Plan:
 
     units: list[int] | None
     per_unit: int | None
+
+    def renumbered(self, exc: ServerError) -> ServerError:
+        """The server's `rows[k]` (of the rows sent) as the input file's row numbers."""
+        if self.units is None or not isinstance(exc.detail, str):
+            return exc
+        detail = re.sub(r"rows\[(\d+)\]", lambda m: f"rows[{self.original(int(m.group(1)))}]", exc.detail)
+        return ServerError(exc.status, detail)
+
+    def original(self, k: int) -> int:
+        return self.units[k] if self.units is not None and k < len(self.units) else k
 
     def full_index(self, index: int) -> int:
         if self.units is None or not self.per_unit:
@@ -109,7 +120,10 @@ async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
         body["rows"] = spec.rows if p.units is None else [spec.rows[u] for u in p.units]
     if spec.cache is not None:
         body["cache"] = spec.cache
-    job = await server.submit(body)
+    try:
+        job = await server.submit(body)
+    except ServerError as exc:
+        raise p.renumbered(exc) from None
     header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": len(out.rows)}
     console.print(f"job {job['id']} submitted to {server.http.base_url}", highlight=False)
     return await follow(server, job, out, header, console)

@@ -4,10 +4,15 @@ into JSONL, CSV or Parquet; failed rows, resume, exit codes, plain progress line
 from __future__ import annotations
 
 import csv
+import os
 
 import httpx
 import pandas as pd
 import pyarrow.parquet as pq
+
+from tests.jobs.conftest import RedisServer
+from tests.ops.conftest import Process, wait_healthy
+from tests.service import free_port
 
 from .conftest import read_jsonl, synthserve, write_jsonl
 
@@ -114,3 +119,42 @@ def test_jobs_commands(service, mock, tmp_path):
     unknown = synthserve("jobs", "cancel", "job_nope", "--server", service.url)
     assert unknown.returncode == 2 and "job_nope" in unknown.stderr
     assert httpx.get(f"{service.url}/jobs/{job_id}").json()["status"] in ("completed", "queued", "running")
+
+
+def test_a_bad_row_found_on_resume_is_named_by_its_place_in_the_file(service, mock, tmp_path):
+    src = write_jsonl(tmp_path / "in.jsonl", rows(4))
+    out = tmp_path / "out.jsonl"
+    assert synthserve("run", "text-generation", "-i", str(src), "-o", str(out), "--server", service.url).returncode == 0
+    write_jsonl(src, [*rows(4), {"instruction": "fine"}, {"prompt": "no instruction"}])
+    r = synthserve("run", "text-generation", "-i", str(src), "-o", str(out), "--server", service.url)
+    assert r.returncode == 2 and "rows[5].instruction" in r.stderr, r.stderr  # not rows[1], its place in the job
+    assert len(read_jsonl(out)) == 4
+
+
+def test_api_keys(mock, tmp_path, monkeypatch):
+    redis = RedisServer(tmp_path)
+    config = tmp_path / "keys.toml"
+    config.write_text(f'[server]\napi_keys_env = "CLIENT_TEST_KEYS"\n[backends.mock]\nprovider = "openai"\n'
+                      f'base_url = "{mock.url}/v1"\nmodel = "mock-model"\n'
+                      f'[jobs]\nredis_url = "{redis.url}"\nconsume = true\n')
+    port = free_port()
+    server = Process(["serve", "--config", str(config), "--port", str(port)], tmp_path / "serve.log",
+                     {**os.environ, "PYTHONUNBUFFERED": "1", "CLIENT_TEST_KEYS": "key-a,key-b"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server)
+        src = write_jsonl(tmp_path / "in.jsonl", rows(2))
+        args = ["run", "text-generation", "-i", str(src), "-o", str(tmp_path / "o.jsonl"), "--server", url]
+        r = synthserve(*args)
+        assert r.returncode == 2 and "missing API key" in r.stderr
+        r = synthserve(*args, "--api-key", "key-a")
+        assert r.returncode == 0, r.stderr
+        job_id = next(w for w in r.stdout.split() if w.startswith("job_"))
+        monkeypatch.setenv("SYNTHSERVE_API_KEY", "key-b")  # another key: another owner, the job is not found
+        other = synthserve("jobs", "show", job_id, "--server", url)
+        assert other.returncode == 2 and job_id in other.stderr
+        mine = synthserve("jobs", "list", "--server", url, "--api-key", "key-a")
+        assert mine.returncode == 0 and job_id in mine.stdout
+    finally:
+        server.close()
+        redis.close()
