@@ -42,7 +42,7 @@ async def test_twenty_sampled_rows_follow_the_schema(http):
     """One request, n=20 at temperature 1: the 20 rows share the batch's steps and every
     answer is valid JSON of the schema."""
     r = await http.post("/v1/chat/completions", json={
-        "messages": PET_PROMPT, "n": 20, "temperature": 1.0, "max_tokens": 60, "seed": 7,
+        "messages": PET_PROMPT, "n": 20, "temperature": 1.0, "max_tokens": 96, "seed": 7,
         "response_format": {"type": "json_schema", "json_schema": {"name": "pet", "schema": PET}}})
     assert r.status_code == 200, r.text
     choices = r.json()["choices"]
