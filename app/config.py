@@ -23,6 +23,9 @@ class ServerConfig(_Section):
     # output rows: input rows (or generations) x rows per unit (num_generations)
     max_output_rows_per_request: int = Field(100_000, ge=1)
     max_body_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    # a JSON body is parsed whole on the event loop (~10 ms a MB, every request waits): kept
+    # smaller than uploads (multipart files stream); more rows go in a job's file
+    max_json_body_bytes: int = Field(8 * 1024 * 1024, ge=1024)
     max_field_chars: int = Field(1_000_000, ge=1)  # any one string in a row or in params
     api_keys_env: str = "SYNTHSERVE_API_KEYS"
     # env var with a key that opens /metrics only (a scraper need not hold an API key)

@@ -4,8 +4,9 @@
                the HTTP metrics per request
     CORS       `[server] cors_origins`: preflights answered, headers on every answer
                (streams included); nothing at all when no origin is configured
-    BodyLimit  413 for a body over `[server] max_body_bytes`, before anything parses it:
-               at once from Content-Length, or while counting the bytes of a chunked body;
+    BodyLimit  413 for a body over `[server] max_body_bytes` (`max_json_body_bytes` for
+               JSON), before anything parses it: at once from Content-Length, or while
+               counting the bytes of a chunked body;
                a JSON body is read whole and refused (422) when it holds NaN, Infinity, a
                lone surrogate or bytes that are not UTF-8 (app.encoding)
     AllowedMethods  a 405 names every method of the path in `Allow`, not one route's
@@ -108,8 +109,8 @@ class BodyTooLarge(HTTPException):
     """Raised from `receive`; FastAPI passes HTTPExceptions from body reading through
     unchanged, so the app answers it like any 4xx: `{"detail": ...}` with 413."""
 
-    def __init__(self, limit: int):
-        super().__init__(413, f"request body larger than max_body_bytes ({limit} bytes)")
+    def __init__(self, limit: int, name: str = "max_body_bytes"):
+        super().__init__(413, f"request body larger than {name} ({limit} bytes)")
 
 
 class BodyLimit:
@@ -122,12 +123,17 @@ class BodyLimit:
         state = _state(scope)
         if state is None:
             return await self.app(scope, receive, send)
-        limit = state.settings.server.max_body_bytes
+        server = state.settings.server
+        limit, name = server.max_body_bytes, "max_body_bytes"
+        json_body = scope["method"] in _BODY_METHODS and _is_json(scope)
+        if json_body and server.max_json_body_bytes < limit:
+            # JSON is parsed whole, on the event loop (~10 ms a MB): uploads stream instead
+            limit, name = server.max_json_body_bytes, "max_json_body_bytes"
         length = _content_length(scope)
         if length is not None and length > limit:
-            return await _reject(send, 413, BodyTooLarge(limit).detail, close=True)
-        if scope["method"] in _BODY_METHODS and _is_json(scope):
-            body = await _read_body(receive, limit)
+            return await _reject(send, 413, BodyTooLarge(limit, name).detail, close=True)
+        if json_body:
+            body = await _read_body(receive, limit, name)
             if body is None:  # the client left while sending
                 return None
             if isinstance(body, BodyTooLarge):
@@ -182,7 +188,7 @@ def _is_json(scope: Scope) -> bool:
     return True
 
 
-async def _read_body(receive: Receive, limit: int) -> bytes | BodyTooLarge | None:
+async def _read_body(receive: Receive, limit: int, name: str) -> bytes | BodyTooLarge | None:
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -191,7 +197,7 @@ async def _read_body(receive: Receive, limit: int) -> bytes | BodyTooLarge | Non
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
-            return BodyTooLarge(limit)
+            return BodyTooLarge(limit, name)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)

@@ -9,9 +9,9 @@ its private Redis) takes at once:
     checking every event likewise;
   - a stream of bad requests: each payload of the issue (templates that compute, loop,
     double or recurse; NaN, Infinity, lone surrogates; a non-ASCII key; /metrics without a
-    key; 3,000 rows x 64 generations; a 10 MB string; a 50 MB body; an unreachable backend
-    whose row errors must name no host or port; a JSON client that leaves), each expected
-    to get its 4xx (or its clean row error), never a 5xx.
+    key; 3,000 rows x 64 generations; a 2 MB string; a 10 MB string; a 50 MB body; a CORS
+    preflight; an unreachable backend whose row errors must name no host or port; a JSON
+    client that leaves), each expected to get its 4xx (or its clean row error), never a 5xx.
 
 It prints the errors good clients saw (must be 0), the bad requests answered otherwise
 than expected, /health p99 idle, under the bad requests alone and under the whole load (as
@@ -230,6 +230,7 @@ BAD = [
     ("/metrics without a key", "GET", "/metrics", {"headers": {}}, 401),
     ("3,000 rows x 64 generations", "POST", "/tasks/text-generation",
      {"json": {"rows": [{"instruction": "r"}] * 3000, "params": {"num_generations": 64}}}, 413),
+    ("a 2 MB string", "POST", "/tasks/text-generation", {"json": {"rows": [{"instruction": "x" * 2_000_000}]}}, 413),
     # encoded once: json.dumps of 50 MB here would stall this process's own loop (and its probes)
     ("a 10 MB string", "POST", "/tasks/text-generation",
      raw(json.dumps({"rows": [{"instruction": "x" * 10_000_000}]}).encode()), 413),
@@ -249,7 +250,8 @@ async def bad_client(http: aiohttp.ClientSession, url: str, stop: asyncio.Event,
         try:
             async with http.request(method, url + path, **kwargs) as r:
                 body = await r.read()
-            strict_json(body) if body else None
+            if r.content_type == "application/json":
+                strict_json(body)
             if r.status != expected:
                 tally.error(f"{name}: HTTP {r.status}, not {expected}")
             else:

@@ -84,9 +84,12 @@ async def test_answers_with_non_json_values_are_sent_as_valid_json(service, mock
     assert strict(r.text)["rows"][0]["generation"] == "half \ufffd a pair"
 
 
-async def test_field_size_and_output_rows_are_limited(mock):
-    server = ServerConfig(max_field_chars=1000, max_output_rows_per_request=100)
+async def test_field_size_output_rows_and_json_body_size_are_limited(mock):
+    server = ServerConfig(max_field_chars=1000, max_output_rows_per_request=100, max_json_body_bytes=64 * 1024)
     async with serve(mock_settings(mock.url, server=server)) as client:
+        rows = [{"instruction": "x" * 900}] * 80  # every string fine, the body over max_json_body_bytes
+        r = await client.post("/tasks/text-generation", json={"rows": rows})
+        assert r.status_code == 413 and "max_json_body_bytes" in r.json()["detail"]
         r = await client.post("/tasks/text-generation", json={"rows": [{"instruction": "ok"}, {"instruction": "x" * 1001}]})
         assert r.status_code == 413 and "rows[1].instruction" in r.json()["detail"]
         r = await client.post("/tasks/text-generation", json={"rows": [{"instruction": "ok"}],
