@@ -17,6 +17,7 @@ with an error naming it.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import re
 import tomllib
@@ -143,7 +144,9 @@ class FileTask(Task):
     async def run(self, ctx: RowContext, row: dict[str, Any], params: TaskParams) -> dict | list[dict]:
         if params.structured_output is not None:  # type: ignore[attr-defined]
             ctx.kwargs = ctx.kwargs.with_json_schema(params.structured_output.json_schema)  # type: ignore[attr-defined]
-        return await super().run(ctx, row, params)
+        # the template renders within rendering's limits (up to a second): off the event loop
+        answer = await ctx.chat(await asyncio.to_thread(self.format, row, params, ctx.rng()))
+        return self.parse(answer, row, params)
 
     def parse(self, answer: str, row: dict[str, Any], params: TaskParams) -> dict[str, Any]:
         """The file's parser on the answer; with structured output, the answer first checked
