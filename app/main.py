@@ -4,6 +4,7 @@ starts the backends, composes the job engine (app.jobs) and closes it all in rev
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -62,7 +63,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)
     async def jobs_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return await synthserve_error(request, Unavailable(f"the job store (Redis) is unavailable: {exc}"))
+        # the detail (a host and port, a socket path) is for the log, not the client
+        logging.getLogger("synthserve").warning("the job store (Redis) is unavailable: %s", exc)
+        return await synthserve_error(request, Unavailable("the job store (Redis) is unavailable"))
 
     app.include_router(health.router)
     app.include_router(metrics_router)
