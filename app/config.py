@@ -95,6 +95,10 @@ class TasksConfig(_Section):
     custom_dir: str | None = None
 
 
+class PipelinesConfig(_Section):
+    dir: str | None = None  # pipeline files (*.toml, *.json), relative to the config file (app.pipelines.catalog)
+
+
 class Settings(_Section):
     server: ServerConfig = ServerConfig()
     llm: LLMConfig = LLMConfig()
@@ -103,6 +107,7 @@ class Settings(_Section):
     )
     jobs: JobsConfig = Field(default_factory=JobsConfig)  # (data_dir: read $SYNTHSERVE_DATA_DIR now)
     tasks: TasksConfig = TasksConfig()
+    pipelines: PipelinesConfig = PipelinesConfig()
     cache: CacheConfig = CacheConfig()
     config_dir: Path | None = Field(None, exclude=True)
 

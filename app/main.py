@@ -26,7 +26,7 @@ from .jobs.worker import Worker
 from .metrics import Metrics
 from .metrics import router as metrics_router
 from .middleware import CORS, AccessLog, AllowedMethods, BodyLimit
-from .routes import health, jobs, tasks
+from .routes import health, jobs, pipelines, tasks
 from .spend import Spend
 from .state import AppState
 
@@ -71,6 +71,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_router)
     app.include_router(tasks.router, dependencies=[Depends(principal)])
     app.include_router(jobs.router, dependencies=[Depends(principal)])
+    app.include_router(pipelines.router, dependencies=[Depends(principal)])
     ui.install(app)  # /ui, /docs
     return app
 

@@ -17,6 +17,8 @@ disagree.
                                               {e: progress|done, SNAPSHOT fields}
     synthserve:job:{id}:checkpoints  hash     unit -> {step: answer} (JSON) of multi-call tasks
     synthserve:wake:{process}        stream   wakes one API process's event reader (jobs/follow.py)
+    synthserve:dedup:{scope}:{step}  hash     a pipeline dedup step's index: field -> the row id that
+                                              claimed it (scope: a job id, or one request's token)
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ def checkpoints(job_id: str) -> str:
 
 def wake(process: str) -> str:
     return f"{PREFIX}:wake:{process}"
+
+
+def dedup(scope: str, step: str) -> str:
+    return f"{PREFIX}:dedup:{scope}:{step}"
 
 
 def job_keys(job_id: str) -> list[str]:

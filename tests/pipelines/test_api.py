@@ -1,0 +1,160 @@
+"""Pipelines over HTTP against the mock LLM: definitions checked before any call, rows
+streaming through steps, explode, llms fan-out, filter, dedup, keep, SSE."""
+
+from __future__ import annotations
+
+import json
+
+from tests.service import mock_settings, serve
+
+SEED_003 = {"name": "seed-003", "steps": [
+    {"name": "gen_a", "task": "text-generation", "output_mappings": {"generation": "instruction"}},
+    {"name": "gen_b", "task": "text-generation", "output_mappings": {"generation": "response"}},
+]}
+
+
+def sse_events(text: str) -> list[dict]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        event = {}
+        for line in block.splitlines():
+            if line.startswith(":"):
+                continue
+            name, _, value = line.partition(": ")
+            event[name] = value
+        if event:
+            event["data"] = json.loads(event["data"])
+            out.append(event)
+    return out
+
+
+async def test_two_steps_stream_rows_through(mock):
+    async with serve(mock_settings(mock.url)) as client:
+        r = await client.post("/pipelines", json={"pipeline": SEED_003, "rows": [{"instruction": "q0"},
+                                                                                 {"instruction": "q1"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert [row["id"] for row in body["rows"]] == ["0", "1"]
+        row = body["rows"][0]
+        assert row["instruction"] == "Echo: q0" and row["response"] == "Echo: Echo: q0"
+        assert row["error"] is None and row["metadata"]["llm_calls"] == 2
+        assert set(row["metadata"]["steps"]) == {"gen_a", "gen_b"}
+        assert body["steps"]["gen_a"]["rows_in"] == 2 and body["steps"]["gen_b"]["rows_out"] == 2
+        assert body["failed"] == 0 and body["filtered"] == 0 and isinstance(body["seed"], int)
+    assert (await mock.astats())["requests"] == 4
+
+
+def two_backends(mock_url: str, **extra):
+    from app.config import BackendConfig, JobsConfig, Settings
+    from tests.service import fresh_data_dir
+    backends = {name: BackendConfig(provider="openai", base_url=mock_url + "/v1", model=f"model-{name}",
+                                    max_concurrency=8, max_retries=0, timeout_s=10)
+                for name in ("a", "b")}
+    return Settings(backends=backends, jobs=JobsConfig(data_dir=fresh_data_dir()), **extra)
+
+
+async def test_explode_filter_dedup_keep(mock):
+    await mock.ascript([{"match": "queries that users could", "reply": "1. What is A?\n2. What is B?\n3. What is A?"}])
+    pipeline = {"steps": [
+        {"name": "brainstorm", "task": "self-instruct", "params": {"num_instructions": 3},
+         "output_mappings": {"instructions": "instruction"}, "explode": "instruction"},
+        {"name": "answer", "task": "text-generation"},
+        {"name": "no_b", "filter": "'B' not in instruction"},
+        {"name": "unique", "dedup": {"column": "instruction"}},
+        {"name": "slim", "keep": ["instruction", "generation"]},
+    ]}
+    async with serve(mock_settings(mock.url)) as client:
+        r = await client.post("/pipelines", json={"pipeline": pipeline, "rows": [{"input": "letters"}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+    rows = body["rows"]
+    assert len(rows) == 1 and rows[0]["id"] in ("0.0", "0.2")  # the first of the two "A" seen is kept
+    assert {k for k in rows[0] if k not in ("metadata", "error")} == {"id", "instruction", "generation"}
+    assert rows[0]["generation"] == "Echo: What is A?"
+    assert body["filtered"] == 2
+    steps = body["steps"]
+    assert steps["brainstorm"] == {**steps["brainstorm"], "rows_in": 1, "rows_out": 3}
+    assert (steps["answer"]["rows_in"], steps["no_b"]["filtered"], steps["unique"]["filtered"]) == (3, 1, 1)
+    assert (await mock.astats())["requests"] == 1 + 3
+
+
+async def test_minhash_drops_near_duplicates_only(mock):
+    rows = [{"text": "the quick brown fox jumps over the lazy dog by the river bank today"},
+            {"text": "The quick brown fox jumps over the lazy dog by the river bank today!"},
+            {"text": "pipelines stream rows from one step to the next without waiting"}]
+    pipeline = {"steps": [{"name": "near", "dedup": {"column": "text", "method": "minhash", "threshold": 0.7}}]}
+    async with serve(mock_settings(mock.url)) as client:
+        body = (await client.post("/pipelines", json={"pipeline": pipeline, "rows": rows})).json()
+    ids = [r["id"] for r in body["rows"]]
+    assert len(ids) == 2 and "2" in ids and body["filtered"] == 1
+
+
+async def test_llms_grouped_then_scored(mock):
+    await mock.ascript([{"match": "Rank the responses", "reply": "[1] Score: 2\n[2] Score: 5"}])
+    pipeline = {"steps": [
+        {"name": "answer", "task": "text-generation", "llms": [{"backend": "a"}, {"backend": "b"}]},
+        {"name": "judge", "task": "quality-scorer", "input_mappings": {"responses": "grouped_generation"}},
+    ]}
+    async with serve(two_backends(mock.url)) as client:
+        r = await client.post("/pipelines", json={"pipeline": pipeline, "rows": [{"instruction": "hi"}]})
+        assert r.status_code == 200, r.text
+    row = r.json()["rows"][0]
+    assert row["grouped_generation"] == ["Echo: hi", "Echo: hi"]
+    assert row["grouped_model_name"] == ["model-a", "model-b"]
+    assert row["scores"] == [2, 5] and row["error"] is None
+    assert "responses" not in row  # an input mapping renames for the task only
+    assert len(row["metadata"]["steps"]["answer"]) == 2
+
+
+async def test_bad_definitions_are_422_before_any_call(mock):
+    cases = [
+        ({"steps": [{"name": "x", "task": "no-such-task"}]}, ["x", "no-such-task"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "llm": {"backend": "nope"}}]}, ["x", "nope"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "params": {"num_generations": 0}}]}, ["x", "num_generations"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "output_mappings": {"answer": "y"}}]}, ["x", "answer"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "input_mappings": {"prompt": "q"}}]}, ["x", "prompt"]),
+        ({"steps": [{"name": "f", "filter": "generation |"}]}, ["f", "filter"]),
+        ({"steps": [{"name": "k", "keep": ["instruction"]},
+                    {"name": "j", "task": "quality-scorer"}]}, ["j", "responses"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "explode": "nothing"}]}, ["x", "nothing"]),
+        ({"steps": [{"name": "g", "task": "magpie-generator", "params": {"num_rows": 2}}]}, ["g", "generator"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "frobnicate": 1}]}, ["x", "frobnicate"]),
+        ({"steps": [{"name": "x", "filter": "1", "keep": ["a"]}]}, ["steps[0]"]),
+    ]
+    async with serve(mock_settings(mock.url)) as client:
+        for pipeline, words in cases:
+            r = await client.post("/pipelines", json={"pipeline": pipeline, "rows": [{"instruction": "q"}]})
+            assert r.status_code == 422, (pipeline, r.text)
+            for word in words:
+                assert word in r.json()["detail"], (word, r.text)
+        # a column the rows lack: the row, the column and the step that reads it
+        r = await client.post("/pipelines", json={"pipeline": SEED_003, "rows": [{"instruction": "q"}, {"x": 1}]})
+        assert r.status_code == 422 and all(w in r.json()["detail"] for w in ("rows[1]", "instruction", "gen_a"))
+    assert (await mock.astats())["requests"] == 0
+
+
+async def test_a_failing_row_marks_only_itself(mock):
+    await mock.ascript([{"match": "Echo: bad", "status": 400}])
+    async with serve(mock_settings(mock.url, max_retries=0)) as client:
+        r = await client.post("/pipelines", json={"pipeline": SEED_003, "rows": [
+            {"instruction": "good"}, {"instruction": "bad"}, {"instruction": "fine"}]})
+        body = r.json()
+    good, bad, fine = body["rows"]
+    assert bad["error"]["step"] == "gen_b" and bad["error"]["type"] == "llm_error"
+    assert bad["instruction"] == "Echo: bad" and bad["response"] is None
+    assert good["error"] is None and fine["response"] == "Echo: Echo: fine"
+    assert body["failed"] == 1 and body["steps"]["gen_b"]["failed"] == 1
+
+
+async def test_sse_rows_then_done(mock):
+    async with serve(mock_settings(mock.url)) as client:
+        r = await client.post("/pipelines", json={"pipeline": SEED_003, "stream": True,
+                                                  "rows": [{"instruction": f"q{i}"} for i in range(5)]})
+        assert r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.text)
+    rows = [e for e in events if e["event"] == "row"]
+    assert sorted(e["data"]["id"] for e in rows) == [str(i) for i in range(5)]
+    assert all(e["data"]["row"]["id"] == e["data"]["id"] for e in rows)
+    assert events[-1]["event"] == "done"
+    done = events[-1]["data"]
+    assert done["rows"] == 5 and done["failed"] == 0 and done["steps"]["gen_b"]["rows_out"] == 5
