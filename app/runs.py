@@ -9,7 +9,7 @@ from typing import Any, Protocol
 from pydantic import ValidationError
 
 from llm_clients import LLMClient
-from tasks import RowError, Task, TaskRun
+from tasks import InputError, RowError, Task, TaskRun
 
 from .encoding import NOT_FINITE, non_finite
 from .errors import InvalidInput, TooLarge
@@ -64,7 +64,7 @@ def build_run(task: Task, client: LLMClient, req: RunRequest, *, max_rows: int,
         raise InvalidInput(format_validation_error("params", exc)) from None
     try:
         task.check(p, client)
-    except ValueError as exc:
+    except InputError as exc:
         raise InvalidInput(str(exc)) from None
     rows = req.rows
     if task.generator:
@@ -87,7 +87,7 @@ def build_run(task: Task, client: LLMClient, req: RunRequest, *, max_rows: int,
                 task.check_row(row, p)
             except RowError as exc:
                 raise InvalidInput(f"rows[{i}].{exc.field}: {exc}") from None
-            except ValueError as exc:
+            except InputError as exc:
                 raise InvalidInput(f"rows[{i}]: {exc}") from None
     return TaskRun(params=p, llm=client, kwargs=req.llm.generation_kwargs, rows=rows, model=req.llm.model,
                    include_raw=req.include_raw)

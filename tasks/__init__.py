@@ -7,9 +7,9 @@ import importlib
 from collections.abc import Iterable
 from pathlib import Path
 
-from .base import ParseError, RowContext, RowError, Task, TaskParams, TaskRun
+from .base import InputError, ParseError, RowContext, RowError, Task, TaskParams, TaskRun
 
-__all__ = ["ParseError", "Registry", "RowContext", "RowError", "Task", "TaskParams", "TaskRun"]
+__all__ = ["InputError", "ParseError", "Registry", "RowContext", "RowError", "Task", "TaskParams", "TaskRun"]
 
 MODULES = (
     "tasks.generation",

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
 from llm_clients.errors import row_error
 
-__all__ = ["ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
+__all__ = ["InputError", "ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
 
 
 class ParseError(ValueError):
@@ -36,7 +36,13 @@ class ParseError(ValueError):
         self.outputs = outputs
 
 
-class RowError(ValueError):
+class InputError(Exception):
+    """A request the task cannot run, found before any call: params that do not go
+    together, a backend without a capability the task needs, a template that fails on a
+    row. The API answers 422 with the message (app.runs); nothing else counts as one."""
+
+
+class RowError(InputError):
     """A row that fails validation; `field` names the column."""
 
     def __init__(self, field: str, message: str):
@@ -211,11 +217,11 @@ class Task(Generic[P]):
     # ---- validation, before any LLM call ----
 
     def check(self, params: P, llm: LLMClient) -> None:
-        """Raise ValueError for params that are fine one by one but not together, or a
+        """Raise InputError for params that are fine one by one but not together, or a
         backend that lacks a capability this task needs."""
         missing = self.requires - llm.capabilities
         if missing:
-            raise ValueError(f"task {self.name!r} needs a backend that can {', '.join(sorted(missing))}; "
+            raise InputError(f"task {self.name!r} needs a backend that can {', '.join(sorted(missing))}; "
                              f"backend {llm.name!r} ({llm.provider}) cannot")
 
     def check_row(self, row: dict[str, Any], params: P) -> None:
