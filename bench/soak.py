@@ -184,13 +184,31 @@ async def watcher(http: aiohttp.ClientSession, url: str, job_id: str, stop: asyn
         tally.error(f"watcher: {type(exc).__name__}")
 
 
-async def health_probe(http: aiohttp.ClientSession, url: str, stop: asyncio.Event, samples: list[float]) -> None:
-    while not stop.is_set():
-        t0 = time.perf_counter()
-        async with http.get(url + "/health") as r:
-            await r.read()
-        samples.append((time.perf_counter() - t0) * 1000)
-        await asyncio.sleep(0.02)
+PROBE = """
+import http.client, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+conn = http.client.HTTPConnection(host, port, timeout=30)
+while True:
+    t0 = time.time()
+    conn.request("GET", "/health")
+    conn.getresponse().read()
+    print(t0, (time.time() - t0) * 1000, flush=True)
+    time.sleep(0.02)
+"""
+
+
+class HealthProbe:
+    """GET /health every 20 ms from a process of its own: probes in this process would
+    also time this process's own stalls (encoding a 50 MB body, 700 streams' parsing)."""
+
+    def __init__(self, url: str):
+        host, port = url.removeprefix("http://").split(":")
+        self.proc = subprocess.Popen([sys.executable, "-c", PROBE, host, port], stdout=subprocess.PIPE, text=True)
+
+    def close(self) -> list[tuple[float, float]]:
+        self.proc.terminate()
+        out, _ = self.proc.communicate(timeout=10)
+        return [tuple(map(float, line.split())) for line in out.splitlines() if line.strip()]
 
 
 # ---- bad clients ----
@@ -286,17 +304,20 @@ def p99(samples: list[float]) -> float:
     return statistics.quantiles(samples, n=100)[98] if len(samples) >= 2 else float("nan")
 
 
-async def phase(seconds: float, http, url, tasks_of) -> list[float]:
+async def phase(seconds: float, tasks_of) -> tuple[float, float]:
+    """Run the tasks for `seconds`; the (start, end) wall-clock window, to pick its probes."""
     stop = asyncio.Event()
-    samples: list[float] = []
-    tasks = [asyncio.create_task(health_probe(http, url, stop, samples))] + tasks_of(stop)
+    start = time.time()
+    tasks = tasks_of(stop)
     await asyncio.sleep(seconds)
+    end = time.time()
     stop.set()
-    await asyncio.wait(tasks, timeout=30)
+    if tasks:
+        await asyncio.wait(tasks, timeout=30)
     for t in tasks:
         t.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return samples
+    return start, end
 
 
 async def soak(url: str, pid: int, args) -> dict:
@@ -304,9 +325,10 @@ async def soak(url: str, pid: int, args) -> dict:
     timeout = aiohttp.ClientTimeout(total=120)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as http:
         rss_before = rss_mb(pid)
-        idle = await phase(3, http, url, lambda stop: [])
+        probe = HealthProbe(url)
+        idle = await phase(3, lambda stop: [])
         bad_only, hostile_tally = Tally(), Tally()
-        hostile = await phase(args.seconds / 3, http, url,
+        hostile = await phase(args.seconds / 3,
                               lambda stop: [asyncio.create_task(bad_client(http, url, stop, bad_only, k))
                                             for k in range(2)])
 
@@ -327,12 +349,17 @@ async def soak(url: str, pid: int, args) -> dict:
                     + [asyncio.create_task(bad_client(http, url, stop, hostile_tally, k)) for k in range(2)]
                     + [asyncio.create_task(sample_rss())])
 
-        loaded = await phase(args.seconds, http, url, load)
+        loaded = await phase(args.seconds, load)
+        probes = probe.close()
         async with http.post(f"{url}/jobs/{job['id']}/cancel", headers=AUTH) as r:
             await r.read()
         await asyncio.sleep(3)
-        return {"good": good, "bad_only": bad_only, "hostile": hostile_tally, "idle": idle, "hostile_p": hostile,
-                "loaded": loaded, "rss": (rss_before, max(peak), rss_mb(pid))}
+
+        def within(window: tuple[float, float]) -> list[float]:
+            return [ms for t, ms in probes if window[0] <= t < window[1]]
+
+        return {"good": good, "bad_only": bad_only, "hostile": hostile_tally, "idle": within(idle),
+                "hostile_p": within(hostile), "loaded": within(loaded), "rss": (rss_before, max(peak), rss_mb(pid))}
 
 
 def main() -> None:
@@ -347,7 +374,8 @@ def main() -> None:
         logs = log.read_text()
     good, idle_p99 = out["good"], p99(out["idle"])
     print(f"soak: {args.sse_clients} SSE clients + {args.watchers} job watchers + 2 bad-request loops, "
-          f"{args.seconds:g} s, mock at {args.latency_ms:g} ms")
+          f"{args.seconds:g} s, mock at {args.latency_ms:g} ms; load average {os.getloadavg()[0]:.1f} "
+          f"on {os.cpu_count()} cores")
     print(f"good clients: {dict(good.ok)}; errors seen: {sum(good.errors.values())} {dict(good.errors)}")
     for label, tally in (("bad requests alone", out["bad_only"]), ("bad requests under load", out["hostile"])):
         print(f"{label}: {dict(tally.ok)}; answered otherwise: {sum(tally.errors.values())} {dict(tally.errors)}")
