@@ -3,6 +3,8 @@ and against the mock's TGI routes (a TGI that is not the sidecar, scripted failu
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -127,3 +129,22 @@ def test_chat_payload():
     payload = chat_payload(FRANCE, GenerationKwargs(max_new_tokens=5, do_sample=False, top_k=2), "m", stream=True)
     assert payload == {"model": "m", "messages": FRANCE, "max_tokens": 5, "top_k": 2, "temperature": 0.0,
                        "stream": True, "stream_options": {"include_usage": True}}
+
+
+async def test_structured_output_through_the_sidecar(sidecar):
+    """The tgi provider's native forms (chat `response_format`, /generate `grammar`) are
+    what the sidecar constrains decoding to."""
+    schema = {"type": "object", "properties": {"city": {"enum": ["Paris", "Lyon", "Nice"]},
+                                               "population": {"type": "integer", "minimum": 1, "maximum": 99}},
+              "required": ["city", "population"], "additionalProperties": False}
+    kwargs = GenerationKwargs(max_new_tokens=24, temperature=1.0, seed=3).with_json_schema(schema)
+    (completion,) = await sidecar.chat(FRANCE, kwargs)
+    deltas: list[str] = []
+    streamed = await sidecar.stream_chat(FRANCE, kwargs, on_delta=deltas.append)
+    raw = await sidecar.complete(get_engine(device="cpu").apply_chat_template(FRANCE), kwargs)
+    for text in (completion.text, streamed.text, raw.text):
+        value = json.loads(text)
+        assert value["city"] in ("Paris", "Lyon", "Nice") and 1 <= value["population"] <= 99, text
+    assert "".join(deltas) == streamed.text
+    assert generate_parameters(kwargs)["grammar"] == chat_payload(FRANCE, kwargs, "m")["response_format"] \
+        == {"type": "json", "value": schema}
