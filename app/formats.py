@@ -15,7 +15,7 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import anyio
 import pyarrow as pa
@@ -27,6 +27,7 @@ Row = dict[str, Any]
 ResultsFormat = Literal["jsonl", "csv", "parquet"]
 READABLE = (".jsonl", ".json", ".csv", ".parquet")
 WRITABLE = {".jsonl": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+BATCH = 1000  # rows per Parquet row group, per conversion, per read of a Parquet file
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8",
                "parquet": "application/vnd.apache.parquet"}
 
@@ -46,22 +47,39 @@ def output_format(path: str | Path) -> str:
 # ---- reading ----
 
 def read_rows(path: str | Path) -> list[Row]:
-    """Every row of a .jsonl, .json (a list of objects, or {"rows": [...]}), .csv or .parquet
-    file. CSV cells are strings, empty cells None, and a cell holding a JSON list or
-    object (as this module writes nested values) is decoded."""
-    path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix not in READABLE:
-        raise FormatError(f"{path}: input must end in {', '.join(READABLE)}")
+    """Every row of a .jsonl, .json, .csv or .parquet file (see `iter_rows`)."""
+    check_readable(str(path))
     try:
-        if suffix == ".parquet":
-            return _read_parquet(path)
-        with path.open(encoding="utf-8", newline="") as f:
-            return {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv}[suffix](f, path)
-    except UnicodeDecodeError as exc:
-        raise FormatError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+        with open(path, "rb") as f:
+            return [row for _, row in iter_rows(f, str(path))]
     except OSError as exc:
         raise FormatError(f"{path}: {exc.strerror or exc}") from None
+
+
+def check_readable(name: str) -> str:
+    suffix = Path(name).suffix.lower()
+    if suffix not in READABLE:
+        raise FormatError(f"{name}: input must end in {', '.join(READABLE)}")
+    return suffix
+
+
+def iter_rows(f: BinaryIO, name: str) -> Iterator[tuple[str, Row]]:
+    """(where, row) for each row of the file `name` open in `f` (binary, seekable for
+    Parquet): `where` names its line (JSONL, CSV) or row (JSON, Parquet) for messages.
+    .json is a list of objects, or {"rows": [...]}, and is parsed whole; the others are
+    read a line or a row group at a time. CSV cells are strings, empty cells None, and a
+    cell holding a JSON list or object (as this module writes nested values) is decoded."""
+    suffix = check_readable(name)
+    if suffix == ".parquet":
+        yield from _parquet_rows(f, name)
+        return
+    text = io.TextIOWrapper(f, encoding="utf-8", newline="")
+    try:
+        yield from {".jsonl": _jsonl_rows, ".json": _json_rows, ".csv": _csv_rows}[suffix](text, name)
+    except UnicodeDecodeError as exc:
+        raise FormatError(f"{name}: not UTF-8 text ({exc.reason})") from None
+    finally:
+        text.detach()  # the caller's file stays open
 
 
 def _object(value: Any, where: str) -> Row:
@@ -70,29 +88,29 @@ def _object(value: Any, where: str) -> Row:
     return value
 
 
-def _read_jsonl(f, path: Path) -> list[Row]:
-    rows = []
+def _jsonl_rows(f, name: str) -> Iterator[tuple[str, Row]]:
     for n, line in enumerate(f, 1):
         if not line.strip():
             continue
+        where = f"{name} line {n}"
         try:
             value = json.loads(line)
         except json.JSONDecodeError as exc:
-            raise FormatError(f"{path} line {n}: invalid JSON ({exc.msg}, column {exc.colno})") from None
-        rows.append(_object(value, f"{path} line {n}"))
-    return rows
+            raise FormatError(f"{where}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        yield where, _object(value, where)
 
 
-def _read_json(f, path: Path) -> list[Row]:
+def _json_rows(f, name: str) -> Iterator[tuple[str, Row]]:
     try:
         value = json.load(f)
     except json.JSONDecodeError as exc:
-        raise FormatError(f"{path} line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
+        raise FormatError(f"{name} line {exc.lineno}: invalid JSON ({exc.msg}, column {exc.colno})") from None
     if isinstance(value, dict) and isinstance(value.get("rows"), list):
         value = value["rows"]
     if not isinstance(value, list):
-        raise FormatError(f"{path}: expected a JSON list of row objects (or {{\"rows\": [...]}})")
-    return [_object(v, f"{path} row {i}") for i, v in enumerate(value)]
+        raise FormatError(f"{name}: expected a JSON list of row objects (or {{\"rows\": [...]}})")
+    for i, v in enumerate(value):
+        yield f"{name} row {i}", _object(v, f"{name} row {i}")
 
 
 def _cell(text: str) -> Any:
@@ -106,34 +124,36 @@ def _cell(text: str) -> Any:
     return text
 
 
-def _read_csv(f, path: Path) -> list[Row]:
+def _csv_rows(f, name: str) -> Iterator[tuple[str, Row]]:
     reader = csv.reader(f, strict=True)
     try:
         header = next(reader, None)
         if not header or not any(header):
-            raise FormatError(f"{path} line 1: no header row")
+            raise FormatError(f"{name} line 1: no header row")
         if len(set(header)) != len(header):
-            raise FormatError(f"{path} line 1: a column name appears twice")
-        rows = []
+            raise FormatError(f"{name} line 1: a column name appears twice")
         for fields in reader:
             if not fields:
                 continue
             if len(fields) != len(header):
-                raise FormatError(f"{path} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}")
-            rows.append({name: _cell(v) for name, v in zip(header, fields)})
+                raise FormatError(f"{name} line {reader.line_num}: {len(fields)} fields, the header has {len(header)}")
+            yield f"{name} line {reader.line_num}", {column: _cell(v) for column, v in zip(header, fields)}
     except csv.Error as exc:
-        raise FormatError(f"{path} line {reader.line_num}: {exc}") from None
-    return rows
+        raise FormatError(f"{name} line {reader.line_num}: {exc}") from None
 
 
-def _read_parquet(path: Path) -> list[Row]:
+def _parquet_rows(f: BinaryIO, name: str) -> Iterator[tuple[str, Row]]:
     try:
-        table = pq.read_table(path)
+        parquet = pq.ParquetFile(f)
+        if not parquet.schema_arrow.names:
+            raise FormatError(f"{name}: the Parquet file has no columns")
+        n = 0
+        for batch in parquet.iter_batches(batch_size=BATCH):
+            for row in batch.to_pylist():
+                yield f"{name} row {n}", row
+                n += 1
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise FormatError(f"{path}: not a readable Parquet file ({exc})") from None
-    if table.num_columns == 0:
-        raise FormatError(f"{path}: the Parquet file has no columns")
-    return table.to_pylist()
+        raise FormatError(f"{name}: not a readable Parquet file ({exc})") from None
 
 
 # ---- the shape of a result set ----
@@ -250,9 +270,6 @@ def write_rows(path: str | Path, rows: list[Row], fmt: str | None = None) -> Non
             writer.write_table(arrow_table(batch, shape))
         if not rows:
             writer.write_table(shape.schema().empty_table())
-
-
-BATCH = 1000  # rows per Parquet row group and per conversion
 
 
 async def stream(fmt: str, batches: Callable[[], AsyncIterator[list[Row]]]) -> AsyncIterator[bytes]:

@@ -60,6 +60,15 @@ def plan(task: Task, run: TaskRun, req: JobRequest, *, owner: str | None, backen
     return Submission(job, spec, list(req.rows), chunks, time.time_ns() // 1000)
 
 
+def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> dict[str, str]:
+    """One queue entry: a chunk of a job's units, with their input rows when the task takes
+    rows (they travel with the chunk: a worker reads both at once)."""
+    entry = {"job": job_id, "units": ",".join(map(str, units))}
+    if rows is not None:
+        entry["rows"] = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    return entry
+
+
 async def enqueue(redis: Redis, sub: Submission, *, result_ttl_s: int) -> None:
     """The job hash, its first event, its place in the owner's list and one queue entry
     per chunk (carrying the chunk's input rows), in one MULTI."""
@@ -73,10 +82,7 @@ async def enqueue(redis: Redis, sub: Submission, *, result_ttl_s: int) -> None:
         pipe.xadd(keys.events(job.id), first, id="1-0")
         pipe.zadd(keys.owner_index(job.owner), {job.id: sub.created_us})
         for units in sub.chunks:
-            entry = {"job": job.id, "units": ",".join(map(str, units))}
-            if spec.has_rows:  # the rows travel with the chunk: a worker reads both at once
-                entry["rows"] = json.dumps([sub.rows[u] for u in units], ensure_ascii=False, separators=(",", ":"))
-            pipe.xadd(QUEUE, entry)
+            pipe.xadd(QUEUE, chunk_entry(job.id, units, [sub.rows[u] for u in units] if spec.has_rows else None))
         if job.finished:
             pipe.expire(keys.job(job.id), result_ttl_s)
             pipe.expire(keys.events(job.id), result_ttl_s)
