@@ -91,6 +91,6 @@ async def open_jobs(stack: AsyncExitStack, state: AppState) -> None:
     await state.events.start()
     stack.push_async_callback(state.events.aclose)
     if config.consume if config.consume is not None else not config.redis_url:
-        worker = Worker(state.jobs, state.registry, state.backends, config,
+        worker = Worker(state.jobs, state.registry, state.backends, config, spend=state.spend,
                         on_rows=state.metrics.count_rows if state.metrics else None)
         await stack.enter_async_context(worker.serving())

@@ -9,12 +9,12 @@ back-pressure on a backend's queue of waiting calls, and `dry_run` estimates.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
-from llm_clients import Completion, GenerationKwargs, LLMClient, Message, Usage
+from llm_clients import Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
 from llm_clients.cache import CacheMode, CachedClient, CallCache
 from llm_clients.ratelimit import RateLimiter, estimate_tokens
 from tasks import Task, TaskRun
@@ -35,8 +35,9 @@ class Overloaded(SynthserveError):
 class Spend:
     """What a process (the API or a worker) holds for the cache and the limits."""
 
-    def __init__(self, settings: Settings, cache: CallCache | None):
+    def __init__(self, settings: Settings, redis: Any, cache: CallCache | None):
         self.settings = settings
+        self.redis = redis
         self.cache = cache
 
     @classmethod
@@ -48,13 +49,26 @@ class Spend:
             if config is not None and (config.rpm or config.tpm):
                 client.policy.rate = RateLimiter(redis, name, rpm=config.rpm, tpm=config.tpm)
         cache = settings.cache
-        return cls(settings, CallCache(redis, ttl_s=cache.ttl_days * 86400, enabled=cache.enabled))
+        return cls(settings, redis, CallCache(redis, ttl_s=cache.ttl_days * 86400, enabled=cache.enabled))
 
     def client(self, llm: LLMClient, mode: CacheMode | bool | None) -> CachedClient:
         """The client one request or job runs on: cached (unless `mode` says not) and priced."""
         if self.cache is None:
             return CachedClient(llm, None, "off")
         return self.cache.client(llm, mode)
+
+    def job_client(self, llm: LLMClient, job_id: str, spec: Any,
+                   cancel: Callable[[str], Awaitable[Any]]) -> CachedClient:
+        """The client a job's chunks run on in this worker: cached per the job's `cache`,
+        its identical calls numbered per unit in Redis, its calls stopped at `max_cost_usd`
+        (then `cancel(error)` ends the job)."""
+        budget = None
+        if spec.max_cost_usd is not None:
+            budget = JobBudget(self.redis, job_id, spec.max_cost_usd, cancel, ttl_s=self.settings.jobs.result_ttl_s)
+        if self.cache is None:
+            return CachedClient(llm, None, "off", budget=budget)
+        return self.cache.client(llm, spec.cache, job=job_id, claim_ttl_s=self.settings.jobs.result_ttl_s,
+                                 budget=budget)
 
     def admit(self, llm: LLMClient, mode: CacheMode | bool | None) -> CachedClient:
         """`client(llm, mode)` for a new request, refused (429) while the backend's queue of
@@ -65,6 +79,39 @@ class Spend:
                              f"[server] max_queued_calls = {self.settings.server.max_queued_calls}); "
                              "retry later", headers={"Retry-After": "1"})
         return self.client(llm, mode)
+
+
+class JobBudget:
+    """A job's `max_cost_usd`, shared by every worker running it: what its calls cost is
+    summed in Redis (INCRBYFLOAT) as they answer, and checked before each new call. Calls
+    already in flight when it is reached still finish (and count)."""
+
+    def __init__(self, redis: Any, job_id: str, limit: float, cancel: Callable[[str], Awaitable[Any]], *,
+                 ttl_s: int):
+        self.redis = redis
+        self.job_id = job_id
+        self.key = f"synthserve:spent:{job_id}"
+        self.limit = limit
+        self.cancel = cancel
+        self.ttl_s = ttl_s
+        self.reached = False
+
+    async def check(self) -> None:
+        if not self.reached:
+            spent = float(await self.redis.get(self.key) or 0)
+            if spent < self.limit:
+                return
+            self.reached = True
+            await self.cancel(f"max_cost_usd reached: the job's calls cost ${spent:.6f} "
+                              f"(budget ${self.limit:g}); POST /jobs/{self.job_id}/retry with a new max_cost_usd goes on")
+        raise LLMError("not called: the job's max_cost_usd is reached")
+
+    async def spend(self, cost_usd: float) -> None:
+        if cost_usd:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.incrbyfloat(self.key, cost_usd)
+                pipe.expire(self.key, self.ttl_s)
+                await pipe.execute()
 
 
 async def dry_run(task: Task, run: TaskRun) -> JSONResponse:

@@ -7,8 +7,13 @@ structured-output schema included), `n`, and the call's occurrence number: the k
 identical call in one request or job gets the k-th stored answer, so asking twice for the
 same prompt still gives two samples, and a re-run of the request gets the same two back.
 
-CachedClient wraps the process's shared LLMClient for one request or job (occurrences are
-counted per wrapper) and stands in for it everywhere a task takes a client. It prices
+CachedClient wraps the process's shared LLMClient for one request or job and stands in for
+it everywhere a task takes a client. A request counts occurrences in memory. A job runs in
+chunks, on several workers, and is resumed after crashes, so its calls claim their numbers
+in Redis: the k-th identical call of unit u claims "u:k" of the job once and keeps its
+number for good (a resumed or retried unit gets back the answers it was given), and the
+claims of a job re-submitted under a new id take the numbers 0, 1, ... again (every answer
+found). The unit comes from `enter_unit` (Task.run_unit calls it). It prices
 every completion from the backend's `price_*_per_mtok`; an answer served from the cache
 costs nothing and counts in `usage.cached_calls`.
 
@@ -20,11 +25,12 @@ thousand (the cache's cost at 0 ms backend latency is in bench/cache_and_limits.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
 
@@ -32,6 +38,29 @@ log = logging.getLogger("synthserve.cache")
 
 CacheMode = Literal["on", "off", "refresh"]
 KEY_PREFIX = "synthserve:cache:"
+CLAIM_PREFIX = "synthserve:cacheocc:"
+# KEYS: none. ARGV: key prefix, TTL in ms, then (digest, "unit:k") pairs -> the number of each
+_CLAIM = """
+local out = {}
+for i = 3, #ARGV, 2 do
+  local key = ARGV[1] .. ARGV[i]
+  local n = redis.call('HGET', key, ARGV[i + 1])
+  if not n then
+    n = redis.call('HINCRBY', key, '#', 1) - 1
+    redis.call('HSET', key, ARGV[i + 1], n)
+    redis.call('PEXPIRE', key, ARGV[2])
+  end
+  out[#out + 1] = tonumber(n)
+end
+return out
+"""
+# The unit a task is running and its count of each identical call so far (None: no unit).
+_UNIT: contextvars.ContextVar[tuple[int, dict[str, int]] | None] = contextvars.ContextVar("unit", default=None)
+
+
+def enter_unit(unit: int) -> None:
+    """Calls from here on (in this asyncio task and the tasks it starts) are unit `unit`'s."""
+    _UNIT.set((unit, {}))
 # KEYS: the entries; ARGV: the TTL in ms, then one value per key
 _SET_ALL = """
 for i, key in ipairs(KEYS) do
@@ -52,15 +81,20 @@ class CallCache:
         self.misses = 0
         self._gets = _Batch(self._mget)
         self._puts = _Batch(self._mset)
+        self._claims = _Batch(self._claim_all)
         self._set_all = redis.register_script(_SET_ALL)
+        self._claim = redis.register_script(_CLAIM)
 
-    def client(self, llm: LLMClient, mode: CacheMode | bool | None = None) -> CachedClient:
-        """`llm` for one request or job; `mode` as the request gives `cache` (None: on)."""
+    def client(self, llm: LLMClient, mode: CacheMode | bool | None = None, *, job: str | None = None,
+               claim_ttl_s: float = 7 * 86400, budget: Budget | None = None) -> CachedClient:
+        """`llm` for one request, or for the job `job`; `mode` as the request gives `cache`
+        (None: on)."""
         if mode is None or mode is True:
             mode = "on"
         elif mode is False:
             mode = "off"
-        return CachedClient(llm, self if self.enabled else None, mode)
+        occurrences = JobOccurrences(self, job, claim_ttl_s) if job is not None else LocalOccurrences()
+        return CachedClient(llm, self if self.enabled else None, mode, occurrences, budget)
 
     async def get(self, key: str) -> bytes | None:
         return await self._gets.add(key, None)
@@ -82,6 +116,55 @@ class CallCache:
         # one command for the batch: a pipeline of SETs costs redis-py ~20 us of CPU per key
         await self._set_all(keys=[KEY_PREFIX + k for k in items], args=[self.ttl_ms, *items.values()])
         return dict.fromkeys(items)
+
+    async def claim(self, digest: str, member: str, ttl_ms: int) -> int:
+        return await self._claims.add(f"{digest}|{member}", ttl_ms)
+
+    async def _claim_all(self, items: dict[str, Any]) -> dict[str, int]:
+        pairs = [part for item in items for part in item.split("|", 1)]
+        numbers = await self._claim(args=[CLAIM_PREFIX, max(items.values()), *pairs])
+        return dict(zip(items, numbers, strict=True))
+
+
+class Budget(Protocol):
+    """What a job may spend (app.spend.JobBudget): `check` raises LLMError once it is spent."""
+
+    async def check(self) -> None: ...
+
+    async def spend(self, cost_usd: float) -> None: ...
+
+
+class LocalOccurrences:
+    """A request's count of each identical call (one process, one run)."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, int] = {}
+
+    async def number(self, digest: str) -> int:
+        n = self._seen.get(digest, 0)
+        self._seen[digest] = n + 1
+        return n
+
+
+class JobOccurrences:
+    """A job's numbers, claimed in Redis per (unit, k-th identical call of the unit); calls
+    outside a unit (a task that runs its own algorithm over the whole job, resumed whole)
+    are counted in memory."""
+
+    def __init__(self, cache: CallCache, job: str, ttl_s: float):
+        self._cache = cache
+        self._prefix = f"{job}:"
+        self._ttl_ms = int(ttl_s * 1000)
+        self._whole = LocalOccurrences()
+
+    async def number(self, digest: str) -> int:
+        scope = _UNIT.get()
+        if scope is None:
+            return await self._whole.number(digest)
+        unit, seen = scope
+        k = seen.get(digest, 0)
+        seen[digest] = k + 1
+        return await self._cache.claim(self._prefix + digest, f"{unit}:{k}", self._ttl_ms)
 
 
 class _Batch:
@@ -128,11 +211,13 @@ class CachedClient:
     """One request's (or job's) view of a backend: cached, priced, occurrence-counted.
     Everything else (name, model, capabilities, policy...) is the wrapped client's."""
 
-    def __init__(self, llm: LLMClient, cache: CallCache | None, mode: CacheMode):
+    def __init__(self, llm: LLMClient, cache: CallCache | None, mode: CacheMode,
+                 occurrences: LocalOccurrences | JobOccurrences | None = None, budget: Budget | None = None):
         self._llm = llm
+        self._budget = budget
         self._cache = cache if mode != "off" else None
         self._read = mode == "on"
-        self._seen: dict[str, int] = {}
+        self._occurrences = occurrences or LocalOccurrences()
         config = llm.config
         self._prices = (getattr(config, "price_input_per_mtok", 0.0) / 1e6,
                         getattr(config, "price_output_per_mtok", 0.0) / 1e6)
@@ -145,34 +230,36 @@ class CachedClient:
 
     async def chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
                    model: str | None = None, n: int = 1) -> list[Completion]:
-        key = self._key("chat", model, messages, kwargs, n)
+        key = await self._key("chat", model, messages, kwargs, n)
         return await self._completions(key, lambda: self._llm.chat(messages, kwargs, model=model, n=n))
 
     async def stream_chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
                           model: str | None = None, on_delta: Callable[[str], Any]) -> Completion:
         # the same key as chat(n=1): a streamed answer and a plain one are the same call
-        key = self._key("chat", model, messages, kwargs, 1)
+        key = await self._key("chat", model, messages, kwargs, 1)
         stored = await self._lookup(key)
         if stored is not None:
             (completion,) = _completions_of(stored)
             if completion.text:
                 on_delta(completion.text)
             return completion
+        await self._may_spend()
         completion = await self._llm.stream_chat(messages, kwargs, model=model, on_delta=on_delta)
-        self._priced([completion])
+        await self._priced([completion])
         await self._store(key, [completion])
         return completion
 
     async def complete(self, prompt: str, kwargs: GenerationKwargs, *, model: str | None = None) -> Completion:
-        key = self._key("complete", model, prompt, kwargs, 1)
+        key = await self._key("complete", model, prompt, kwargs, 1)
         (completion,) = await self._completions(key, lambda: _one(self._llm.complete(prompt, kwargs, model=model)))
         return completion
 
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
-        key = self._key("embed", None, inputs, None, 1)
+        key = await self._key("embed", None, inputs, None, 1)
         stored = await self._lookup(key)
         if stored is not None:
             return json.loads(stored)["embeddings"]
+        await self._may_spend()
         vectors = await self._llm.embed(inputs)
         if self._cache is not None:
             await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
@@ -180,7 +267,7 @@ class CachedClient:
 
     # ---- the machinery ----
 
-    def _key(self, kind: str, model: str | None, content: Any, kwargs: GenerationKwargs | None, n: int) -> str:
+    async def _key(self, kind: str, model: str | None, content: Any, kwargs: GenerationKwargs | None, n: int) -> str:
         if self._cache is None:
             return ""
         options = kwargs.given() if kwargs is not None else {}
@@ -189,9 +276,7 @@ class CachedClient:
         material = json.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
                               sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         digest = hashlib.sha256(material.encode()).hexdigest()
-        occurrence = self._seen.get(digest, 0)
-        self._seen[digest] = occurrence + 1
-        return f"{digest}:{occurrence}"
+        return f"{digest}:{await self._occurrences.number(digest)}"
 
     async def _lookup(self, key: str) -> bytes | None:
         if self._cache is None or not self._read:
@@ -211,16 +296,23 @@ class CachedClient:
         stored = await self._lookup(key)
         if stored is not None:
             return _completions_of(stored)
+        await self._may_spend()
         completions = await call()
-        self._priced(completions)
+        await self._priced(completions)
         await self._store(key, completions)
         return completions
 
-    def _priced(self, completions: list[Completion]) -> None:
+    async def _may_spend(self) -> None:
+        if self._budget is not None:
+            await self._budget.check()
+
+    async def _priced(self, completions: list[Completion]) -> None:
         per_in, per_out = self._prices
         if per_in or per_out:
             for c in completions:
                 c.usage.cost_usd = c.usage.input_tokens * per_in + c.usage.output_tokens * per_out
+            if self._budget is not None:
+                await self._budget.spend(sum(c.usage.cost_usd for c in completions))
 
     async def _store(self, key: str, completions: list[Completion]) -> None:
         if self._cache is not None:

@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
+from llm_clients.cache import enter_unit
 from llm_clients.errors import row_error
 
 __all__ = ["InputError", "ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
@@ -290,6 +291,7 @@ class Task(Generic[P]):
         """Run one unit and build its output rows; errors mark these rows only."""
         row = run.rows[i] if i < len(run.rows) else {}
         ctx = run.context(i)
+        enter_unit(i)  # the call cache numbers a job's identical calls per unit
         try:
             result = await self.run(ctx, row, run.params)
         except (LLMError, ParseError) as exc:

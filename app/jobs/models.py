@@ -7,7 +7,7 @@ import secrets
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -39,6 +39,12 @@ class JobRequest(BaseModel):
                                    "without `seed` the server draws one (returned in the job object).")
     llm: LLMSpec = LLMSpec()
     include_raw: bool = Field(True, description="Keep `metadata.raw_input` and `raw_output`.")
+    cache: bool | Literal["refresh"] = Field(True, description=(
+        "The LLM-call cache: `false` neither reads nor writes it, `\"refresh\"` calls again and overwrites."))
+    dry_run: bool = Field(False, description=(
+        "Answer 200 and an estimate `{calls, input_tokens, max_output_tokens, cost_usd}` instead; no job, no call."))
+    max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
+        "Once the job's calls cost this much, no new call starts: the job ends `cancelled`, `error` says why."))
 
 
 class ProgressOut(BaseModel):
@@ -85,6 +91,8 @@ class JobSpec(BaseModel):
     per_unit: int | None = 1
     split: Split = "rows"
     has_rows: bool = True  # False for generators: no input rows travel with the chunks
+    cache: bool | Literal["refresh"] = True  # the LLM-call cache (llm_clients.cache)
+    max_cost_usd: float | None = None  # the budget of the job's calls (app.spend.JobBudget)
 
     @property
     def whole(self) -> bool:

@@ -54,7 +54,8 @@ def plan(task: Task, run: TaskRun, req: JobRequest, *, owner: str | None, backen
     spec = JobSpec(task=task.name, backend=backend, model=req.llm.model,
                    generation_kwargs=req.llm.generation_kwargs.given(),
                    params={**req.params, "seed": params.seed}, include_raw=req.include_raw,
-                   units_total=units_total, per_unit=per_unit, split=task.split, has_rows=not task.generator)
+                   units_total=units_total, per_unit=per_unit, split=task.split, has_rows=not task.generator,
+                   cache=req.cache, max_cost_usd=req.max_cost_usd)
     if not chunks:  # nothing to do (a generator asked for no rows)
         job.status, job.started_at, job.finished_at = JobStatus.COMPLETED, job.created_at, job.created_at
     return Submission(job, spec, list(req.rows), chunks, time.time_ns() // 1000)

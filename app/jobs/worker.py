@@ -39,6 +39,7 @@ from llm_clients import LLMClient
 from tasks import Registry
 
 from ..config import JobsConfig, Settings
+from ..spend import Spend
 from . import keys
 from .claims import Claims
 from .keys import ACTIVE, JobStatus
@@ -73,6 +74,7 @@ class Worker:
     config: JobsConfig
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{token_hex(3)}")
     on_rows: Callable[[str, int, int], None] | None = None  # (task, rows, failed) per unit run: metrics
+    spend: Spend | None = None  # the call cache and budgets (app.spend); None: calls go straight out
 
     def __post_init__(self) -> None:
         self.redis = self.store.redis
@@ -308,6 +310,9 @@ class Worker:
         if spec is None:
             return None
         rt = JobRuntime.resolve(spec, self.registry, self.backends)
+        if self.spend is not None:
+            rt.llm = self.spend.job_client(  # type: ignore[assignment]
+                rt.llm, job_id, spec, lambda error: self.store.finish(job_id, JobStatus.CANCELLED, error))
         self._runtimes[job_id] = rt
         while len(self._runtimes) > RUNTIME_CACHE:
             self._runtimes.popitem(last=False)
@@ -377,7 +382,6 @@ async def _wait_or(tasks: list[asyncio.Task], stop: asyncio.Task, timeout: float
 # ---- the CLI entry point ----
 
 async def _serve(settings: Settings) -> int:
-    from ..spend import Spend
     from ..state import AppState
 
     state = AppState.build(settings)
@@ -387,8 +391,9 @@ async def _serve(settings: Settings) -> int:
         except Exception as exc:  # a backend that is down marks its rows, it does not stop the worker
             log.warning("backend %s did not start: %s", client.name, exc)
     store = JobStore.connect(settings.jobs.redis_url, settings.jobs)
-    Spend.open(settings, state.backends, store.redis)  # the backends' rpm/tpm, shared with the API
-    worker = Worker(store, state.registry, state.backends, settings.jobs)
+    # the backends' rpm/tpm, shared with the API, and the call cache
+    spend = Spend.open(settings, state.backends, store.redis)
+    worker = Worker(store, state.registry, state.backends, settings.jobs, spend=spend)
     loop = asyncio.get_running_loop()
     signals = 0
 

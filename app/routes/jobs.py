@@ -17,6 +17,7 @@ from ..errors import InvalidInput, NotFound
 from ..jobs.models import Job, JobList, JobOut, JobRequest
 from ..jobs.queue import plan
 from ..jobs.store import JobStore
+from ..spend import dry_run
 
 router = APIRouter(tags=["jobs"])
 
@@ -34,9 +35,11 @@ UNAVAILABLE = {503: {"description": "the job store (Redis) is unavailable; retry
              responses={404: {"description": "unknown task"}, 413: {"description": "too many rows"},
                         422: {"description": "invalid body, params, rows or backend"}, **UNAVAILABLE})
 async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: JobsDep,
-                     owner: PrincipalDep) -> dict[str, Any]:
+                     owner: PrincipalDep) -> dict[str, Any] | Response:
     request.state.task = body.task  # for the access log
     task, run = state.prepare_run(body.task, body)
+    if body.dry_run:
+        return await dry_run(task, run)
     backend, _ = state.backend(body.llm.backend)
     sub = plan(task, run, body, owner=owner, backend=backend, chunk_units=state.settings.jobs.chunk_units)
     return (await jobs.submit(sub)).public()

@@ -1,0 +1,89 @@
+"""The cache, budgets and dry runs of jobs, on the one job engine (the API's own worker on
+a private Redis)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.service import mock_settings, serve
+
+ROWS = [{"instruction": f"name a fruit, take {i}"} for i in range(20)]
+
+
+def settings(mock, **backend):
+    s = mock_settings(mock.url, max_retries=0)
+    s.backends["mock"] = s.backends["mock"].model_copy(update=backend)
+    return s
+
+
+async def finished(client, job_id: str) -> dict:
+    while True:
+        job = (await client.get(f"/jobs/{job_id}")).json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        await asyncio.sleep(0.05)
+
+
+async def results(client, job_id: str) -> list[dict]:
+    import json
+    text = (await client.get(f"/jobs/{job_id}/results")).text
+    return [json.loads(line) for line in text.splitlines()]
+
+
+async def submit(client, **body) -> dict:
+    r = await client.post("/jobs", json={"task": "text-generation", "rows": ROWS, **body})
+    assert r.status_code == 202, r.text
+    return await finished(client, r.json()["id"])
+
+
+async def test_a_resubmitted_job_makes_no_call(mock):
+    async with serve(settings(mock)) as client:
+        first = await submit(client)
+        again = await submit(client)
+        rows_first, rows_again = await results(client, first["id"]), await results(client, again["id"])
+    assert first["status"] == again["status"] == "completed"
+    assert mock.stats()["requests"] == len(ROWS)
+    assert [r["generation"] for r in rows_again] == [r["generation"] for r in rows_first]
+    assert all(r["metadata"]["cached_calls"] == 1 for r in rows_again)
+
+
+async def test_identical_rows_of_a_job_get_distinct_samples_and_keep_them(mock):
+    mock.script([{"match": "same", "reply": [f"sample {i}" for i in range(40)]}])
+    rows = [{"instruction": "the same prompt"}] * 6
+    async with serve(settings(mock)) as client:
+        first = await client.post("/jobs", json={"task": "text-generation", "rows": rows})
+        one = await finished(client, first.json()["id"])
+        again = await client.post("/jobs", json={"task": "text-generation", "rows": rows})
+        two = await finished(client, again.json()["id"])
+        samples_one = sorted(r["generation"] for r in await results(client, one["id"]))
+        samples_two = sorted(r["generation"] for r in await results(client, two["id"]))
+    assert len(set(samples_one)) == 6  # six calls, six samples
+    assert samples_two == samples_one and mock.stats()["requests"] == 6
+
+
+async def test_cache_false_on_a_job(mock):
+    async with serve(settings(mock)) as client:
+        await submit(client)
+        await submit(client, cache=False)
+    assert mock.stats()["requests"] == 2 * len(ROWS)
+
+
+async def test_dry_run_of_a_job(mock):
+    async with serve(settings(mock, price_input_per_mtok=1.0, price_output_per_mtok=2.0)) as client:
+        r = await client.post("/jobs", json={"task": "text-generation", "rows": ROWS, "dry_run": True,
+                                             "llm": {"generation_kwargs": {"max_new_tokens": 10}}})
+        listed = (await client.get("/jobs")).json()["jobs"]
+    assert r.status_code == 200 and r.json()["calls"] == len(ROWS) and r.json()["max_output_tokens"] == 200
+    assert r.json()["cost_usd"] == pytest.approx((r.json()["input_tokens"] + 400) / 1e6)
+    assert listed == [] and mock.stats()["requests"] == 0
+
+
+async def test_max_cost_usd_stops_new_calls_and_cancels_the_job(mock):
+    mock.configure(latency_ms=20)
+    # every call costs 1 USD per input word: a few calls reach a budget of 20
+    async with serve(settings(mock, max_concurrency=2, price_input_per_mtok=1e6)) as client:
+        job = await submit(client, max_cost_usd=20)
+    assert job["status"] == "cancelled" and "max_cost_usd" in job["error"]
+    assert mock.stats()["requests"] < len(ROWS)
