@@ -25,6 +25,8 @@ from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient
 from llm_clients.cache import enter_unit
 from llm_clients.errors import row_error
 
+from .streaming import Emit, produced
+
 __all__ = ["InputError", "ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
 
 
@@ -254,34 +256,25 @@ class Task(Generic[P]):
         n_units = self.num_units(run.params, run.rows)
         units = run.units if run.units is not None else range(n_units)
         per_unit = self.rows_per_unit(run.params)
-        queue: asyncio.Queue[tuple[int, list[dict] | Exception]] = asyncio.Queue()
-
-        async def one(group: list[int]) -> None:
-            try:
-                for i, out_rows in await self.run_group(run, group):
-                    queue.put_nowait((i, out_rows))
-            except Exception as exc:  # a bug, not a row failure: fail the request, don't hang it
-                queue.put_nowait((group[0], exc))
-
         groups = self.unit_groups(run, list(units))
-        pending = [asyncio.create_task(one(g)) for g in groups]
+
+        async def produce(emit: Emit[tuple[int, list[dict[str, Any]]]]) -> None:
+            async def one(group: list[int]) -> None:
+                for done in await self.run_group(run, group):
+                    emit(done)
+
+            async with asyncio.TaskGroup() as units_running:  # one raising (a bug) cancels the others
+                for group in groups:
+                    units_running.create_task(one(group))
+
         counter = 0
-        try:
-            for _ in range(sum(map(len, groups))):
-                i, out_rows = await queue.get()
-                if isinstance(out_rows, Exception):
-                    raise out_rows
-                for j, out in enumerate(out_rows):
-                    if per_unit is None:
-                        index, counter = counter, counter + 1
-                    else:
-                        index = i * per_unit + j
-                    yield index, out
-        finally:
-            for t in pending:
-                t.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        async for i, out_rows in produced(produce):
+            for j, out in enumerate(out_rows):
+                if per_unit is None:
+                    index, counter = counter, counter + 1
+                else:
+                    index = i * per_unit + j
+                yield index, out
 
     async def run_group(self, run: TaskRun[P], group: list[int]) -> list[tuple[int, list[dict[str, Any]]]]:
         """Run a group of units: `(unit, its output rows)` for each."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -40,6 +40,7 @@ from .base import ParseError, RowContext, Task, TaskParams, TaskRun
 from .evol import COMPLEXITY_MUTATIONS, FRESH_START, INSTRUCT_MUTATIONS, PROMPT, check_templates, fill, mutate, user
 from .parsing import after_last_prompt
 from .rendering import render
+from .streaming import Emit, produced
 
 NOUNS_FILE = Path(__file__).resolve().parent / "nouns.txt"
 
@@ -142,21 +143,24 @@ class _EvolGenerator(Task):
     async def stream(self, run: TaskRun) -> AsyncIterator[tuple[int, dict[str, Any]]]:
         params: EvolGeneratorParams = run.params  # type: ignore[assignment]
         wanted = set(run.units) if run.units is not None else None
-        out: asyncio.Queue[tuple[int, dict[str, Any]] | BaseException | None] = asyncio.Queue()
-        answering: set[asyncio.Task] = set()
 
-        def emit(index: int, outputs: dict[str, Any], tally: _Tally, error: dict | None) -> None:
-            if wanted is None or index in wanted:
-                out.put_nowait((index, self._row(outputs, tally, error, run)))
+        async def produce(put: Emit[tuple[int, dict[str, Any]]]) -> None:
+            def emit(index: int, outputs: dict[str, Any], tally: _Tally, error: dict | None) -> None:
+                if wanted is None or index in wanted:
+                    put((index, self._row(outputs, tally, error, run)))
 
-        async def answer(index: int, slot: int, tally: _Tally, step: str, instruction: str) -> None:
-            try:
-                text = await self._call(run, slot, tally, step, instruction)
-                emit(index, {"instruction": instruction, "answer": text}, tally, None)
-            except LLMError as exc:
-                emit(index, {}, tally, row_error(exc, run.llm))
+            async def answer(index: int, slot: int, tally: _Tally, step: str, instruction: str) -> None:
+                try:
+                    text = await self._call(run, slot, tally, step, instruction)
+                    emit(index, {"instruction": instruction, "answer": text}, tally, None)
+                except LLMError as exc:
+                    emit(index, {}, tally, row_error(exc, run.llm))
 
-        async def produce() -> None:
+            async with asyncio.TaskGroup() as answering:  # answers run while the next round evolves
+                await rounds(emit, lambda *args: answering.create_task(answer(*args)))
+
+        async def rounds(emit: Callable[[int, dict[str, Any], _Tally, dict | None], None],
+                         answer: Callable[[int, int, _Tally, str, str], object]) -> None:
             n = params.num_instructions
             slots = [_Slot(i) for i in range(n)]
             accepted, last_error = 0, None
@@ -179,9 +183,7 @@ class _EvolGenerator(Task):
                     if text is not None and params.min_length <= len(text) <= params.max_length:
                         index, accepted = accepted, accepted + 1
                         if params.generate_answers:
-                            task = asyncio.create_task(answer(index, slot.index, slot.tally, f"answer{r}", text))
-                            answering.add(task)
-                            task.add_done_callback(answering.discard)
+                            answer(index, slot.index, slot.tally, f"answer{r}", text)
                         else:
                             emit(index, {"instruction": text}, slot.tally, None)
                         slot.text, slot.tally = None, _Tally()
@@ -199,27 +201,9 @@ class _EvolGenerator(Task):
                     message += f"; last error: {clean_message(str(last_error), run.llm.name)}"
                 emit(index, {}, left[k].tally, {"type": "llm_error", "code": "llm_error", "status": None,
                                                 "message": message})
-            if answering:
-                await asyncio.gather(*answering)
 
-        async def producer() -> None:
-            try:
-                await produce()
-            except BaseException as exc:  # a bug, not a row failure: fail the request, don't hang it
-                out.put_nowait(exc)
-                raise
-            out.put_nowait(None)
-
-        main = asyncio.create_task(producer())
-        try:
-            while (item := await out.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            for t in (main, *answering):
-                t.cancel()
-            await asyncio.gather(main, *answering, return_exceptions=True)
+        async for item in produced(produce):
+            yield item
 
     def _row(self, outputs: dict[str, Any], tally: _Tally, error: dict | None, run: TaskRun) -> dict[str, Any]:
         ctx = run.context(-1)

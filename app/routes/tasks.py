@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from tasks import Task, TaskRun
 from tasks.rendering import request_budget
+from tasks.streaming import Emit, produced
 
 from .. import sse
 from ..encoding import JSONBytes
@@ -116,33 +117,28 @@ def _ended_early(reason: str, finished: int) -> Response:
 async def task_events(task: Task, run: TaskRun, *, tokens: bool, metrics=None) -> AsyncIterator[bytes]:
     """`row` events as rows finish (with `token` events before them when asked), then
     `done`; a failure of the whole request becomes an `error` event."""
-    events: asyncio.Queue[bytes | None] = asyncio.Queue()
-    if tokens:
-        run.on_token = lambda i, text: events.put_nowait(sse.encode("token", {"index": i, "text": text}))
     count = failed = 0
 
-    async def pump() -> None:
+    async def pump(emit: Emit[bytes]) -> None:
         nonlocal count, failed
+        if tokens:
+            run.on_token = lambda i, text: emit(sse.encode("token", {"index": i, "text": text}))
         try:
             async for index, row in task.stream(run):
                 count += 1
                 failed += row["error"] is not None
-                events.put_nowait(sse.encode("row", {"index": index, "row": row}, id=index))
-            events.put_nowait(sse.encode("done", {"rows": count, "failed": failed, "usage": run.usage.as_dict(),
-                                                  "seed": run.params.seed}))
+                emit(sse.encode("row", {"index": index, "row": row}, id=index))
+            emit(sse.encode("done", {"rows": count, "failed": failed, "usage": run.usage.as_dict(),
+                                     "seed": run.params.seed}))
         except SynthserveError as exc:
-            events.put_nowait(sse.encode("error", {"detail": exc.detail}))
+            emit(sse.encode("error", {"detail": exc.detail}))
         except Exception as exc:
             log.exception("task %s failed mid-stream", task.name)
-            events.put_nowait(sse.encode("error", {"detail": f"internal error: {type(exc).__name__}"}))
-        events.put_nowait(None)
+            emit(sse.encode("error", {"detail": f"internal error: {type(exc).__name__}"}))
 
-    producer = asyncio.create_task(pump())
     try:
-        while (event := await events.get()) is not None:
+        async for event in produced(pump):  # the client leaving cancels every pending LLM call
             yield event
     finally:
-        producer.cancel()  # the client left: cancel every pending LLM call
-        await asyncio.gather(producer, return_exceptions=True)
         if metrics is not None:
             metrics.count_rows(task.name, count, failed)
