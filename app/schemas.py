@@ -39,11 +39,6 @@ class UsageOut(BaseModel):
     cached_calls: int = Field(0, description="Calls answered from the LLM-call cache.")
 
 
-class RowErrorOut(BaseModel):
-    type: str = Field(description="`llm_error` or `parse_error`")
-    message: str
-
-
 class TaskResponse(BaseModel):
     task: str
     rows: list[dict[str, Any]] = Field(description="Input columns, output columns, `model_name`, `metadata`, `error`.")
