@@ -64,6 +64,10 @@ class Server:
     async def submit(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self.call("POST", "/jobs", json=body)
 
+    async def submit_file(self, body: dict[str, Any], name: str, content: bytes) -> dict[str, Any]:
+        """POST /jobs as multipart: the rows as the file `name`, the rest of the job as JSON."""
+        return await self.call("POST", "/jobs", files={"file": (name, content)}, data={"job": json.dumps(body)})
+
     async def job(self, job_id: str) -> dict[str, Any]:
         return await self.call("GET", f"/jobs/{job_id}")
 

@@ -20,6 +20,7 @@ from .output import OutputFile
 from .progress import Counts, ProgressDisplay
 
 OK, SOME_FAILED, BAD_ARGS, INTERRUPTED = 0, 1, 2, 130
+UPLOAD_NAME = "rows.jsonl"  # the rows go to POST /jobs as this file (multipart)
 
 
 class UsageError(Exception):
@@ -46,10 +47,12 @@ class Plan:
     per_unit: int | None
 
     def renumbered(self, exc: ServerError) -> ServerError:
-        """The server's `rows[k]` (of the rows sent) as the input file's row numbers."""
-        if self.units is None or not isinstance(exc.detail, str):
+        """The server's place of a bad row (`file: rows.jsonl line k+1: ` of the rows sent)
+        as the input's row: `rows[i].`."""
+        if not isinstance(exc.detail, str):
             return exc
-        detail = re.sub(r"rows\[(\d+)\]", lambda m: f"rows[{self.original(int(m.group(1)))}]", exc.detail)
+        detail = re.sub(rf"file: {re.escape(UPLOAD_NAME)} line (\d+): ",
+                        lambda m: f"rows[{self.original(int(m.group(1)) - 1)}].", exc.detail)
         return ServerError(exc.status, detail)
 
     def original(self, k: int) -> int:
@@ -116,12 +119,14 @@ async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
         console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
         return exit_status(out, console)
     body: dict[str, Any] = {kind: spec.name, "params": spec.params, "llm": spec.llm, "include_raw": spec.include_raw}
-    if p.units is not None or spec.rows:
-        body["rows"] = spec.rows if p.units is None else [spec.rows[u] for u in p.units]
     if spec.cache is not None:
         body["cache"] = spec.cache
+    rows = spec.rows if p.units is None else [spec.rows[u] for u in p.units]
     try:
-        job = await server.submit(body)
+        if kind == "task" and rows:  # as a file: no JSON body limit, queued a batch at a time
+            job = await server.submit_file(body, UPLOAD_NAME, formats.jsonl_text(rows).encode())
+        else:
+            job = await server.submit({**body, "rows": rows} if rows else body)
     except ServerError as exc:
         raise p.renumbered(exc) from None
     header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": len(out.rows)}
