@@ -25,16 +25,19 @@ def free_port() -> int:
 
 
 def fresh_data_dir() -> str:
-    """A data_dir of its own, for one app's private Redis (tests/conftest.py points
-    $SYNTHSERVE_DATA_DIR into this session's temporary directory)."""
-    return tempfile.mkdtemp(prefix="d", dir=Path(os.environ[DATA_DIR_ENV]).parent)
+    """A data_dir of its own, for one app's private Redis: under this test session's
+    temporary directory (tests/conftest.py points $SYNTHSERVE_DATA_DIR into it), else
+    (bench/) a new temporary directory."""
+    session = os.environ.get(DATA_DIR_ENV)
+    return tempfile.mkdtemp(prefix="d" if session else "synthserve-", dir=Path(session).parent if session else None)
 
 
 def mock_settings(mock_url: str, *, provider: str = "openai", max_concurrency: int = 8,
                   max_retries: int = 2, timeout_s: float = 10.0, **extra) -> Settings:
     """Settings with one backend, `mock`, pointing at the mock LLM server (and, unless
     `jobs` says otherwise, a private Redis of its own)."""
-    extra.setdefault("jobs", JobsConfig(data_dir=fresh_data_dir()))
+    if "jobs" not in extra:
+        extra["jobs"] = JobsConfig(data_dir=fresh_data_dir())
     base_url = mock_url + "/v1" if provider == "openai" else mock_url
     backend = BackendConfig(provider=provider, base_url=base_url, model="mock-model",
                             max_concurrency=max_concurrency, max_retries=max_retries, timeout_s=timeout_s)
