@@ -39,18 +39,20 @@ log = logging.getLogger("synthserve.cache")
 CacheMode = Literal["on", "off", "refresh"]
 KEY_PREFIX = "synthserve:cache:"
 CLAIM_PREFIX = "synthserve:cacheocc:"
-# KEYS: none. ARGV: key prefix, TTL in ms, then (digest, "unit:k") pairs -> the number of each
+# KEYS: none. ARGV: TTL of a claim in ms, then (job, digest, "unit:k") triples -> for each,
+# its number and the entry stored under it (false: none): claim and lookup in one round trip
 _CLAIM = """
 local out = {}
-for i = 3, #ARGV, 2 do
-  local key = ARGV[1] .. ARGV[i]
-  local n = redis.call('HGET', key, ARGV[i + 1])
+for i = 2, #ARGV, 3 do
+  local key = '""" + CLAIM_PREFIX + """' .. ARGV[i] .. ':' .. ARGV[i + 1]
+  local n = redis.call('HGET', key, ARGV[i + 2])
   if not n then
     n = redis.call('HINCRBY', key, '#', 1) - 1
-    redis.call('HSET', key, ARGV[i + 1], n)
-    redis.call('PEXPIRE', key, ARGV[2])
+    redis.call('HSET', key, ARGV[i + 2], n)
+    redis.call('PEXPIRE', key, ARGV[1])
   end
   out[#out + 1] = tonumber(n)
+  out[#out + 1] = redis.call('GET', '""" + KEY_PREFIX + """' .. ARGV[i + 1] .. ':' .. n)
 end
 return out
 """
@@ -93,7 +95,7 @@ class CallCache:
             mode = "on"
         elif mode is False:
             mode = "off"
-        occurrences = JobOccurrences(self, job, claim_ttl_s) if job is not None else LocalOccurrences()
+        occurrences = JobOccurrences(job, claim_ttl_s) if job is not None else LocalOccurrences()
         return CachedClient(llm, self if self.enabled else None, mode, occurrences, budget)
 
     async def get(self, key: str) -> bytes | None:
@@ -117,13 +119,15 @@ class CallCache:
         await self._set_all(keys=[KEY_PREFIX + k for k in items], args=[self.ttl_ms, *items.values()])
         return dict.fromkeys(items)
 
-    async def claim(self, digest: str, member: str, ttl_ms: int) -> int:
-        return await self._claims.add(f"{digest}|{member}", ttl_ms)
+    async def claim(self, job: str, digest: str, member: str, ttl_ms: int) -> tuple[int, bytes | None]:
+        """The number the call `member` ("unit:k") of `job` holds for `digest` (claimed now
+        if it had none), and the answer stored under it."""
+        return await self._claims.add(f"{job}|{digest}|{member}", ttl_ms)
 
-    async def _claim_all(self, items: dict[str, Any]) -> dict[str, int]:
-        pairs = [part for item in items for part in item.split("|", 1)]
-        numbers = await self._claim(args=[CLAIM_PREFIX, max(items.values()), *pairs])
-        return dict(zip(items, numbers, strict=True))
+    async def _claim_all(self, items: dict[str, Any]) -> dict[str, tuple[int, bytes | None]]:
+        triples = [part for item in items for part in item.split("|", 2)]
+        out = await self._claim(args=[max(items.values()), *triples])
+        return {item: (int(out[2 * i]), out[2 * i + 1]) for i, item in enumerate(items)}
 
 
 class Budget(Protocol):
@@ -140,10 +144,12 @@ class LocalOccurrences:
     def __init__(self) -> None:
         self._seen: dict[str, int] = {}
 
-    async def number(self, digest: str) -> int:
+    async def find(self, cache: CallCache, digest: str, read: bool) -> tuple[str, bytes | None]:
+        """The call's entry key, and what is stored there (when `read`)."""
         n = self._seen.get(digest, 0)
         self._seen[digest] = n + 1
-        return n
+        key = f"{digest}:{n}"
+        return key, await cache.get(key) if read else None
 
 
 class JobOccurrences:
@@ -151,20 +157,20 @@ class JobOccurrences:
     outside a unit (a task that runs its own algorithm over the whole job, resumed whole)
     are counted in memory."""
 
-    def __init__(self, cache: CallCache, job: str, ttl_s: float):
-        self._cache = cache
-        self._prefix = f"{job}:"
+    def __init__(self, job: str, ttl_s: float):
+        self._job = job
         self._ttl_ms = int(ttl_s * 1000)
         self._whole = LocalOccurrences()
 
-    async def number(self, digest: str) -> int:
+    async def find(self, cache: CallCache, digest: str, read: bool) -> tuple[str, bytes | None]:
         scope = _UNIT.get()
         if scope is None:
-            return await self._whole.number(digest)
+            return await self._whole.find(cache, digest, read)
         unit, seen = scope
         k = seen.get(digest, 0)
         seen[digest] = k + 1
-        return await self._cache.claim(self._prefix + digest, f"{unit}:{k}", self._ttl_ms)
+        n, stored = await cache.claim(self._job, digest, f"{unit}:{k}", self._ttl_ms)
+        return f"{digest}:{n}", stored if read else None
 
 
 class _Batch:
@@ -230,14 +236,13 @@ class CachedClient:
 
     async def chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
                    model: str | None = None, n: int = 1) -> list[Completion]:
-        key = await self._key("chat", model, messages, kwargs, n)
-        return await self._completions(key, lambda: self._llm.chat(messages, kwargs, model=model, n=n))
+        found = await self._find("chat", model, messages, kwargs, n)
+        return await self._completions(found, lambda: self._llm.chat(messages, kwargs, model=model, n=n))
 
     async def stream_chat(self, messages: list[Message], kwargs: GenerationKwargs, *,
                           model: str | None = None, on_delta: Callable[[str], Any]) -> Completion:
         # the same key as chat(n=1): a streamed answer and a plain one are the same call
-        key = await self._key("chat", model, messages, kwargs, 1)
-        stored = await self._lookup(key)
+        key, stored = await self._find("chat", model, messages, kwargs, 1)
         if stored is not None:
             (completion,) = _completions_of(stored)
             if completion.text:
@@ -250,50 +255,47 @@ class CachedClient:
         return completion
 
     async def complete(self, prompt: str, kwargs: GenerationKwargs, *, model: str | None = None) -> Completion:
-        key = await self._key("complete", model, prompt, kwargs, 1)
-        (completion,) = await self._completions(key, lambda: _one(self._llm.complete(prompt, kwargs, model=model)))
+        found = await self._find("complete", model, prompt, kwargs, 1)
+        (completion,) = await self._completions(found, lambda: _one(self._llm.complete(prompt, kwargs, model=model)))
         return completion
 
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
-        key = await self._key("embed", None, inputs, None, 1)
-        stored = await self._lookup(key)
+        key, stored = await self._find("embed", None, inputs, None, 1)
         if stored is not None:
             return json.loads(stored)["embeddings"]
         await self._may_spend()
         vectors = await self._llm.embed(inputs)
-        if self._cache is not None:
+        if self._cache is not None and key:
             await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
         return vectors
 
     # ---- the machinery ----
 
-    async def _key(self, kind: str, model: str | None, content: Any, kwargs: GenerationKwargs | None, n: int) -> str:
+    async def _find(self, kind: str, model: str | None, content: Any, kwargs: GenerationKwargs | None,
+                    n: int) -> tuple[str, bytes | None]:
+        """The call's entry key ("" without a cache), and its stored answer when the cache is read."""
         if self._cache is None:
-            return ""
+            return "", None
         options = kwargs.given() if kwargs is not None else {}
         # the structured-output schema rides outside `given` (a private attribute)
         schema = getattr(kwargs, "json_schema", None)
         material = json.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
                               sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         digest = hashlib.sha256(material.encode()).hexdigest()
-        return f"{digest}:{await self._occurrences.number(digest)}"
-
-    async def _lookup(self, key: str) -> bytes | None:
-        if self._cache is None or not self._read:
-            return None
         try:
-            stored = await self._cache.get(key)
+            key, stored = await self._occurrences.find(self._cache, digest, self._read)
         except Exception as exc:  # noqa: BLE001 - Redis away: call the backend, as without a cache
             log.warning("call cache: lookup failed: %s", exc)
-            return None
-        if stored is None:
-            self._cache.misses += 1
-        else:
-            self._cache.hits += 1
-        return stored
+            return "", None
+        if self._read:
+            if stored is None:
+                self._cache.misses += 1
+            else:
+                self._cache.hits += 1
+        return key, stored
 
-    async def _completions(self, key: str, call: Callable[[], Any]) -> list[Completion]:
-        stored = await self._lookup(key)
+    async def _completions(self, found: tuple[str, bytes | None], call: Callable[[], Any]) -> list[Completion]:
+        key, stored = found
         if stored is not None:
             return _completions_of(stored)
         await self._may_spend()
@@ -315,7 +317,7 @@ class CachedClient:
                 await self._budget.spend(sum(c.usage.cost_usd for c in completions))
 
     async def _store(self, key: str, completions: list[Completion]) -> None:
-        if self._cache is not None:
+        if self._cache is not None and key:
             await self._cache.put(key, json.dumps({"completions": [
                 [c.text, c.model, c.usage.input_tokens, c.usage.output_tokens, c.finish_reason]
                 for c in completions]}).encode())
