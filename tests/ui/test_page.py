@@ -52,6 +52,23 @@ def test_submit_a_job_watch_it_finish_and_download(service, mock, page, tmp_path
     assert len(sent) == 6 and all(r["body"]["max_tokens"] == 20 for r in sent)
 
 
+def test_a_file_submitted_from_the_page_and_a_bad_one_refused(service, mock, page, tmp_path):
+    open_task(page, service.url, "text-generation")
+    good = tmp_path / "prompts.csv"
+    good.write_text("instruction,topic\nfile row 0,a\nfile row 1,b\nfile row 2,c\n")
+    page.set_input_files("#rows-file", str(good))
+    page.click("#submit-file")
+    expect(page.locator("#message")).to_contain_text("submitted")
+    job_id = re.search(r"job_\w+", page.locator("#message").inner_text()).group(0)
+    expect(page.locator(f'#jobs tr[data-job="{job_id}"] td.progress')).to_contain_text("100%")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("prompt\nno instruction column\n")
+    page.set_input_files("#rows-file", str(bad))
+    page.click("#submit-file")
+    expect(page.locator("#message")).to_contain_text("422: file: bad.csv line 2: instruction")
+    assert sorted(r["body"]["messages"][-1]["content"] for r in mock.requests()) == ["file row 0", "file row 1", "file row 2"]
+
+
 def test_run_now_streams_tokens_then_rows(service, mock, page):
     mock.configure(chunk_delay_ms=30)
     open_task(page, service.url, "text-generation")

@@ -33,8 +33,9 @@ async function failure(response) {
 }
 
 async function api(method, path, body, signal) {
-  const init = { method, headers: headers(body ? { "Content-Type": "application/json" } : {}), signal };
-  if (body) init.body = JSON.stringify(body);
+  const form = body instanceof FormData; // multipart: the browser sets the Content-Type and its boundary
+  const init = { method, headers: headers(body && !form ? { "Content-Type": "application/json" } : {}), signal };
+  if (body) init.body = form ? body : JSON.stringify(body);
   const response = await fetch(path, init);
   if (!response.ok) throw await failure(response);
   return response;
@@ -294,7 +295,20 @@ async function runNow() {
 
 async function submitJob() {
   const body = { ...request(), [state.kind]: state.name };
-  const job = await (await api("POST", "/jobs", body)).json();
+  submitted(await (await api("POST", "/jobs", body)).json());
+}
+
+async function submitFile() {
+  const file = $("#rows-file").files[0];
+  if (!file) throw new Error("choose a .jsonl, .json, .csv or .parquet file first");
+  const { rows, ...job } = { ...request(), [state.kind]: state.name };
+  const form = new FormData();
+  form.append("job", JSON.stringify(job));
+  form.append("file", file, file.name);
+  submitted(await (await api("POST", "/jobs", form)).json());
+}
+
+async function submitted(job) {
   say(`job ${job.id} submitted`);
   await loadJobs();
   showJob(job.id);
@@ -395,6 +409,7 @@ $("#api-key").onchange = guard(async () => {
 $("#add-row").onclick = addRow;
 $("#run").onclick = guard(runNow);
 $("#submit-job").onclick = guard(submitJob);
+$("#submit-file").onclick = guard(submitFile);
 $("#refresh-jobs").onclick = guard(loadJobs);
 $("#cancel-job").onclick = guard(() => jobAction("cancel"));
 $("#retry-job").onclick = guard(() => jobAction("retry"));
