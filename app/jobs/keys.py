@@ -62,6 +62,8 @@ class Field(StrEnum):
     OUTPUT_TOKENS = "output_tokens"
     ERROR = "error"
     SEED = "seed"
+    PIPELINE = "pipeline"              # a pipeline job's name ("" for a task job: app.jobs.pipelines)
+    STEPS = "steps"                    # a pipeline job's counters per step: [[name, {...}], ...] (JSON)
     # the engine's own
     SPEC = "spec"                      # JobSpec, JSON
     UNITS_TOTAL = "units_total"
@@ -76,7 +78,7 @@ class Field(StrEnum):
 
 # What progress and done events carry: the fields of the job that change while it runs.
 SNAPSHOT = (Field.STATUS, Field.TOTAL, Field.COMPLETED, Field.FAILED, Field.INPUT_TOKENS, Field.OUTPUT_TOKENS,
-            Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR)
+            Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR, Field.STEPS)
 
 
 class Event(StrEnum):

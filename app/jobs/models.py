@@ -3,13 +3,14 @@ body, and the small records that move between runner, store and routes."""
 
 from __future__ import annotations
 
+import json
 import secrets
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from tasks.base import Split
 
@@ -32,7 +33,21 @@ def new_job_id() -> str:
 class JobRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    task: str = Field(description="A task name from GET /tasks.")
+    task: str | None = Field(None, description="A task name from GET /tasks (or give `pipeline`).")
+    pipeline: str | dict[str, Any] | None = Field(None, description=(
+        "Instead of `task`: a pipeline name from GET /pipelines, or a definition {name, steps} (docs/pipelines.md)."))
+    seed: int | None = Field(None, ge=0, description="A pipeline job's seed (a task job takes `params.seed`).")
+
+    @model_validator(mode="after")
+    def _task_or_pipeline(self) -> JobRequest:
+        if (self.task is None) == (self.pipeline is None):
+            raise ValueError("give `task` or `pipeline`")
+        if self.pipeline is not None and (self.params or self.llm.model_fields_set):
+            raise ValueError("a pipeline job takes no `params` or `llm`: its steps have their own")
+        if self.task is not None and self.seed is not None:
+            raise ValueError("a task job takes its seed in `params.seed`")
+        return self
+
     rows: list[dict[str, Any]] = Field(default_factory=list,
                                        description="Input rows; absent or empty for generator tasks.")
     params: dict[str, Any] = Field(default_factory=dict, description="The task's params (see `params_schema`); "
@@ -53,6 +68,13 @@ class ProgressOut(BaseModel):
     failed: int = Field(description="Rows finished with a row `error`.")
 
 
+class PipelineProgressOut(ProgressOut):
+    """A pipeline job's: `total` counts input rows, `completed` those whose whole tree is
+    done, `failed` final rows with an error."""
+
+    steps: dict[str, Any] = Field(description="Per step: {rows_in, rows_out, failed, filtered, usage}.")
+
+
 class JobUsageOut(BaseModel):
     """A job's usage: the tokens of its stored rows (no cost or cache counts: /tasks has those)."""
 
@@ -62,12 +84,13 @@ class JobUsageOut(BaseModel):
 
 class JobOut(BaseModel):
     id: str
-    task: str
+    task: str | None
+    pipeline: str | None = Field(None, description="The pipeline a pipeline job runs (its `task` is null).")
     status: JobStatus
     created_at: str
     started_at: str | None
     finished_at: str | None
-    progress: ProgressOut
+    progress: PipelineProgressOut | ProgressOut  # (smart union: `steps` only where there are steps)
     usage: JobUsageOut
     error: str | None = Field(description="Why a `failed` job could not run.")
     seed: int | None = Field(None, description="The seed the job runs with (drawn by the server when not given).")
@@ -87,6 +110,7 @@ class JobSpec(BaseModel):
     generation_kwargs: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     include_raw: bool = True
+    pipeline: dict[str, Any] | None = None  # a pipeline job: {definition, seed} (app.jobs.pipelines)
     units_total: int
     per_unit: int | None = 1
     split: Split = "rows"
@@ -115,11 +139,16 @@ class Job:
     output_tokens: int = 0
     error: str | None = None
     seed: int | None = None
+    pipeline: str | None = None
+    steps: list[list[Any]] | None = None  # a pipeline job's [[step name, counters], ...]
 
     def public(self) -> dict[str, Any]:
-        return {"id": self.id, "task": self.task, "status": str(self.status), "created_at": self.created_at,
-                "started_at": self.started_at, "finished_at": self.finished_at,
-                "progress": {"total": self.total, "completed": self.completed, "failed": self.failed},
+        progress: dict[str, Any] = {"total": self.total, "completed": self.completed, "failed": self.failed}
+        if self.pipeline is not None:
+            progress["steps"] = {name: counts for name, counts in self.steps or []}
+        return {"id": self.id, "task": self.task or None, "pipeline": self.pipeline, "status": str(self.status),
+                "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
+                "progress": progress,
                 "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
                 "error": self.error, "seed": self.seed}
 
@@ -135,14 +164,15 @@ class Job:
                 F.FINISHED_AT: self.finished_at or "", F.TOTAL: str(self.total),
                 F.COMPLETED: str(self.completed), F.FAILED: str(self.failed),
                 F.INPUT_TOKENS: str(self.input_tokens), F.OUTPUT_TOKENS: str(self.output_tokens),
-                F.ERROR: self.error or "", F.SEED: "" if self.seed is None else str(self.seed)}
+                F.ERROR: self.error or "", F.SEED: "" if self.seed is None else str(self.seed),
+                F.PIPELINE: self.pipeline or "", F.STEPS: "" if self.steps is None else json.dumps(self.steps)}
 
     @classmethod
     def from_fields(cls, f: dict[str, str]) -> Job:
         seed = f.get(F.SEED)
         return cls(id=f[F.ID], task=f[F.TASK], owner=f.get(F.OWNER) or None, status=JobStatus(f[F.STATUS]),
                    created_at=f[F.CREATED_AT], total=int(f.get(F.TOTAL) or 0),
-                   seed=int(seed) if seed else None).with_fields(f)
+                   seed=int(seed) if seed else None, pipeline=f.get(F.PIPELINE) or None).with_fields(f)
 
     def with_fields(self, f: dict[str, str]) -> Job:
         """This job with the SNAPSHOT fields of `f` (a hash or an event) laid over."""
@@ -151,7 +181,7 @@ class Job:
             completed=int(f.get(F.COMPLETED) or 0), failed=int(f.get(F.FAILED) or 0),
             input_tokens=int(f.get(F.INPUT_TOKENS) or 0), output_tokens=int(f.get(F.OUTPUT_TOKENS) or 0),
             started_at=f.get(F.STARTED_AT) or None, finished_at=f.get(F.FINISHED_AT) or None,
-            error=f.get(F.ERROR) or None)
+            error=f.get(F.ERROR) or None, steps=json.loads(f[F.STEPS]) if f.get(F.STEPS) else self.steps)
 
 
 @dataclass(slots=True)

@@ -86,6 +86,8 @@ if status == S.queued then
   redis.call('HSET', JOB, F.status, S.running, F.started_at, ARGV[4])
 end
 local drop, blob, pos, done = ARGV[7] == '1', ARGV[9], 1, 0
+-- a pipeline job counts units (input rows whose tree is done) as completed, and rows with an error as failed
+local trees = (redis.call('HGET', JOB, F.pipeline) or '') ~= ''
 for _ = 1, tonumber(ARGV[8]) do
   local _, stop, unit, k, tokens_in, tokens_out = string.find(blob, '^(%d+) (%d+) (%d+) (%d+)\\n', pos)
   pos = stop + 1
@@ -100,13 +102,14 @@ for _ = 1, tonumber(ARGV[8]) do
     if fresh then
       if index == '-' then index = redis.call('HINCRBY', JOB, F.rows_out, 1) - 1 end
       if redis.call('HSETNX', RESULTS, index, string.sub(blob, head + 1, pos - 1)) == 1 then
-        redis.call('HINCRBY', JOB, failed == '1' and F.failed or F.completed, 1)
+        if not trees or failed == '1' then redis.call('HINCRBY', JOB, failed == '1' and F.failed or F.completed, 1) end
         emit(E.row, index)
       end
     end
   end
   if fresh then
     done = done + 1
+    if trees then redis.call('HINCRBY', JOB, F.completed, 1) end
     if drop then redis.call('HDEL', CKPT, unit) end
   end
 end

@@ -31,6 +31,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from secrets import token_hex
 
 from redis.exceptions import RedisError, ResponseError
@@ -44,7 +45,8 @@ from . import keys
 from .claims import Claims
 from .keys import ACTIVE, JobStatus
 from .models import Chunk, UnitResult
-from .runner import JobRuntime, JobSetupError, error_units, run_chunk
+from . import pipelines
+from .runner import JobRuntime, JobSetupError
 from .store import Begun, JobStore, SaveOp
 from .writer import Writer
 
@@ -270,7 +272,7 @@ class Worker:
                     self._dirty.add(job_id)
                     self.writer.save(SaveOp(job_id, entry, [result], drop_checkpoints=drop))
 
-                await run_chunk(rt, chunk, todo, on_unit,
+                await pipelines.run_units(rt, chunk, todo, on_unit,
                                 lambda unit, value: self.writer.checkpoint(job_id, unit, value),
                                 isolate=attempt > 1)
             self._dirty.add(job_id)
@@ -309,10 +311,18 @@ class Worker:
         spec = await self.store.spec(job_id)
         if spec is None:
             return None
+        if spec.pipeline is not None:  # a pipeline job: its runtime is app.jobs.pipelines'
+            return self._remember(job_id, pipelines.resolve(job_id, spec, self.registry, self.backends, self.store))
         rt = JobRuntime.resolve(spec, self.registry, self.backends)
         if self.spend is not None:
             rt.llm = self.spend.job_client(  # type: ignore[assignment]
                 rt.llm, job_id, spec, lambda error: self.store.finish(job_id, JobStatus.CANCELLED, error))
+        self._runtimes[job_id] = rt
+        while len(self._runtimes) > RUNTIME_CACHE:
+            self._runtimes.popitem(last=False)
+        return rt
+
+    def _remember(self, job_id: str, rt: Any) -> Any:
         self._runtimes[job_id] = rt
         while len(self._runtimes) > RUNTIME_CACHE:
             self._runtimes.popitem(last=False)
@@ -325,7 +335,7 @@ class Worker:
         if rt.spec.per_unit is None:
             await self.store.finish(chunk.job_id, JobStatus.FAILED, message)
             return await self.claims.ack(entry)
-        await self.writer.save(SaveOp(chunk.job_id, entry, error_units(rt, chunk, todo, message), ack=True,
+        await self.writer.save(SaveOp(chunk.job_id, entry, pipelines.error_units(rt, chunk, todo, message), ack=True,
                                       drop_checkpoints=not rt.spec.whole))
 
     # ---- keeping claims, noticing cancels ----

@@ -60,6 +60,11 @@ def load_all(settings: Settings) -> dict[str, Pipeline]:
 
 def get(settings: Settings, name: str) -> Pipeline:
     pipeline = load_all(settings).get(name)
+    root = directory(settings)
+    if pipeline is None and root is not None:
+        for suffix in SUFFIXES:  # a broken file of that name: say what is wrong with it (422)
+            if (root / f"{name}{suffix}").is_file():
+                load_file(root / f"{name}{suffix}")
     if pipeline is None:
         raise NotFound(f"unknown pipeline {name!r}; see GET /pipelines")
     return pipeline

@@ -25,7 +25,7 @@ from ..errors import InvalidInput, SynthserveError
 from ..runs import format_validation_error
 from ..schemas import LLMSpec
 from .definition import DedupStep, FilterStep, KeepStep, Pipeline, Step, TaskStep
-from .filters import compile_filter
+from .filters import Compiled, compile_filter, compile_value
 
 MODEL_NAME = "model_name"  # an output of every task step: the model that answered
 # inputs a task reads when present (tasks declare their required ones in `inputs`)
@@ -58,8 +58,7 @@ class TaskPlan:
 @dataclass(slots=True)
 class FilterPlan:
     step: FilterStep
-    template: Any
-    columns: tuple[str, ...]
+    test: Compiled
 
 
 @dataclass(slots=True)
@@ -70,6 +69,7 @@ class DedupPlan:
 @dataclass(slots=True)
 class KeepPlan:
     step: KeepStep
+    computed: dict[str, Compiled]  # {column: expression} form: each kept column's value
 
 
 StepPlan = TaskPlan | FilterPlan | DedupPlan | KeepPlan
@@ -157,21 +157,32 @@ def build(pipeline: Pipeline, registry: Registry, backend_of: BackendOf, *, seed
             plans.append(plan)
         elif isinstance(step, FilterStep):
             try:
-                template, columns = compile_filter(step.filter)
+                test = compile_filter(step.filter)
             except TemplateError as exc:
                 raise InvalidInput(f"{where}: filter: {exc}") from None
-            for col in columns:
+            for col in test[1]:
                 need(col, f"{where}: filter", step)
-            plans.append(FilterPlan(step, template, columns))
+            plans.append(FilterPlan(step, test))
         elif isinstance(step, DedupStep):
             need(step.dedup.column, f"{where}: dedup.column", step)
             plans.append(DedupPlan(step))
         else:
-            for col in step.keep:
-                need(col, f"{where}: keep", step)
-            available[:] = [c for c in available if c in step.keep]
+            computed: dict[str, Compiled] = {}
+            if isinstance(step.keep, dict):
+                for col, expression in step.keep.items():
+                    try:
+                        computed[col] = compile_value(expression)
+                    except TemplateError as exc:
+                        raise InvalidInput(f"{where}: keep.{col}: {exc}") from None
+                    for used in computed[col][1]:
+                        need(used, f"{where}: keep.{col}", step)
+                available[:] = list(step.keep)
+            else:
+                for col in step.keep:
+                    need(col, f"{where}: keep", step)
+                available[:] = [c for c in available if c in step.keep]
             open_ = False
-            plans.append(KeepPlan(step))
+            plans.append(KeepPlan(step, computed))
     return Plan(pipeline, plans, seed, inputs, list(available), needed_by)
 
 

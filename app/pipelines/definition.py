@@ -51,7 +51,8 @@ class DedupStep(_Def):
 
 class KeepStep(_Def):
     name: str = Field(pattern=NAME_PATTERN)
-    keep: list[str] = Field(min_length=1)
+    keep: list[str] | dict[str, str] = Field(min_length=1, description=(
+        "The columns to keep, or {column: Jinja2 expression over the row} to keep computed columns"))
 
 
 Step = TaskStep | FilterStep | DedupStep | KeepStep

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +23,7 @@ from tasks.rendering import TemplateError
 
 from .check import DedupPlan, FilterPlan, KeepPlan, Plan, TaskPlan, task_row
 from .dedup import DedupIndex
-from .filters import passes
+from .filters import passes, value
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cost_usd", "cached_calls")
 
@@ -83,6 +83,19 @@ def add_counts(total: dict[str, Any], delta: dict[str, Any]) -> None:
     total["usage"]["cost_usd"] = round(total["usage"]["cost_usd"], 9)
 
 
+async def all_or_none(coros: Iterable[Awaitable[Any]]) -> None:
+    """Await them all; when one raises (a bug, Redis gone), cancel the others before
+    raising its exception as it is (gather would leave them running)."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def unit_index(row_id: str, step: str) -> int:
     """A row's index for the task's seeded choices, stable across processes: a row that
     runs a step again (a resumed job) makes the same prompts."""
@@ -112,7 +125,7 @@ class Executor:
             outcome = await self.apply(item)
             await stepped(item, outcome)
             if len(outcome.items) != 1:
-                await asyncio.gather(*(self.walk(child, stepped, final) for child in outcome.items))
+                await all_or_none(self.walk(child, stepped, final) for child in outcome.items)
                 return
             item = outcome.items[0]
         done = final(item)
@@ -126,7 +139,7 @@ class Executor:
             return await self._task(k, plan, item)
         if isinstance(plan, FilterPlan):
             try:
-                ok = await asyncio.to_thread(passes, plan.template, plan.columns, item.row)
+                ok = await asyncio.to_thread(passes, plan.test, item.row)
             except TemplateError as exc:
                 return Outcome([_failed(item, plan.step.name, "filter_error", str(exc))])
             return Outcome([_advanced(item, item.id, item.row)] if ok else [], filtered=0 if ok else 1)
@@ -136,7 +149,13 @@ class Executor:
             kept = await self.dedup.keep(plan.step.name, spec, item.id, item.row.get(spec.column))
             return Outcome([_advanced(item, item.id, item.row)] if kept else [], filtered=0 if kept else 1)
         assert isinstance(plan, KeepPlan)
-        return Outcome([_advanced(item, item.id, {c: item.row.get(c) for c in plan.step.keep})])
+        if not plan.computed:
+            return Outcome([_advanced(item, item.id, {c: item.row.get(c) for c in plan.step.keep})])
+        try:
+            row = await asyncio.to_thread(lambda: {c: value(e, item.row) for c, e in plan.computed.items()})
+        except TemplateError as exc:
+            return Outcome([_failed(item, plan.step.name, "keep_error", str(exc))])
+        return Outcome([_advanced(item, item.id, row)])
 
     async def _task(self, k: int, plan: TaskPlan, item: Item) -> Outcome:
         name = plan.step.name

@@ -44,7 +44,7 @@ def mermaid(plan: Plan) -> str:
             lines.append(f'    {node}[["{name}<br/>dedup {_text(d.column)} ({how})"]]')
         else:
             assert isinstance(p, KeepPlan)
-            lines.append(f'    {node}["{name}<br/>keep {_text(_cols(p.step.keep))}"]')
+            lines.append(f'    {node}["{name}<br/>keep {_text(_cols(list(p.step.keep)))}"]')
         lines.append(f"    {prev} --> {node}")
         prev = node
     lines.append(f'    out[/"rows out: {_text(_cols(plan.outputs))}"/]')

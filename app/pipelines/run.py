@@ -11,7 +11,7 @@ from typing import Any
 from llm_clients import LLMClient, Usage
 
 from .check import Plan, TaskPlan
-from .execute import Executor, Item, Outcome, add_counts, empty_counts
+from .execute import Executor, Item, Outcome, add_counts, all_or_none, empty_counts
 
 MIN_WINDOW = 8
 _END = object()
@@ -65,7 +65,7 @@ class PipelineRun:
 
         async def everything() -> None:
             try:
-                await asyncio.gather(*(tree(i, row) for i, row in enumerate(self.rows)))
+                await all_or_none(tree(i, row) for i, row in enumerate(self.rows))
                 queue.put_nowait(_END)
             except Exception as exc:  # a bug, not a row failure: fail the request, don't hang it
                 queue.put_nowait(exc)

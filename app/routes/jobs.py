@@ -15,6 +15,7 @@ from ..auth import PrincipalDep
 from ..deps import JobsDep, OwnedJobDep, StateDep
 from ..errors import InvalidInput, NotFound
 from ..jobs.models import Job, JobList, JobOut, JobRequest
+from ..jobs.pipelines import pipeline_job, results_of
 from ..jobs.queue import plan
 from ..jobs.store import JobStore
 from ..spend import dry_run
@@ -37,6 +38,8 @@ UNAVAILABLE = {503: {"description": "the job store (Redis) is unavailable; retry
 async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: JobsDep,
                      owner: PrincipalDep) -> dict[str, Any] | Response:
     request.state.task = body.task  # for the access log
+    if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
+        return (await jobs.submit(await pipeline_job(state, body, owner))).public()
     task, run = state.prepare_run(body.task, body)
     if body.dry_run:
         return await dry_run(task, run)
@@ -62,7 +65,7 @@ async def get_job(job: OwnedJobDep) -> dict[str, Any]:
 async def job_results(job: OwnedJobDep, jobs: JobsDep,
                       format: formats.ResultsFormat = "jsonl") -> StreamingResponse:
     if format != "jsonl":  # CSV, Parquet: app/formats.py
-        return formats.results_response(format, job.id, lambda: jobs.results(job))
+        return formats.results_response(format, job.id, lambda: results_of(jobs, job))
     return StreamingResponse(ndjson(jobs, job), media_type="application/x-ndjson")
 
 
@@ -108,5 +111,5 @@ def ndjson_line(index: int, raw: str) -> str:
 
 
 async def ndjson(jobs: JobStore, job: Job) -> AsyncIterator[bytes]:
-    async for batch in jobs.results(job):
+    async for batch in results_of(jobs, job):
         yield "".join(ndjson_line(i, raw) + "\n" for i, raw in batch).encode()

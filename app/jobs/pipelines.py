@@ -1,0 +1,235 @@
+"""Pipelines as jobs (docs/api.md, "Pipelines"): the job engine's units are the input
+rows, and a unit is a row's whole tree through the steps.
+
+    planning   the API checks the pipeline and the rows exactly as POST /pipelines does,
+               and stores the definition with every backend resolved and the seed
+    running    a worker runs each unit's tree through app.pipelines.execute; after every
+               step of every row it checkpoints the unit's tree (the rows still going, at
+               the step they run next, and the final ones) together with that step's
+               counters in the job's `steps`, in one script: a chunk resumed after a
+               kill -9 runs no finished step again, and counts each step once
+    storing    a unit's final rows are stored together when its tree is done (the SAVE
+               script's exactly-once gate); `progress.completed` counts those units,
+               `progress.failed` their rows with an error
+    reading    results come sorted by id (`pipeline_results`)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from llm_clients import LLMClient
+from tasks import Registry
+
+from ..errors import InvalidInput, SynthserveError
+from ..pipelines import prepare
+from ..pipelines.check import Plan, TaskPlan, build
+from ..pipelines.dedup import DedupIndex
+from ..pipelines.definition import parse
+from ..pipelines.execute import Executor, Item, Outcome, all_or_none, empty_counts
+from ..pipelines.gate import GatedClient
+from ..pipelines.run import clients, sort_key
+from . import keys
+from .keys import LUA_NAMES, JobStatus
+from .models import Chunk, Job, JobRequest, JobSpec, UnitResult, new_job_id, now_iso
+from .queue import Submission
+from .runner import WORKER_ERROR, JobSetupError, OnCheckpoint, OnUnit, run_chunk
+from .runner import error_units as task_error_units
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+    from ..state import AppState
+    from .store import JobStore
+
+RESULTS_BATCH = 500
+_ID = re.compile(r'^\{"id":"([0-9.]+)"')
+
+# KEYS: the job, its checkpoints. ARGV: unit, the unit's tree (JSON), step name, that
+# step's counters for this row (JSON). -> 0 when the job is no longer active (nothing written)
+CHECKPOINT = LUA_NAMES + """
+local status = redis.call('HGET', KEYS[1], F.status)
+if status ~= S.queued and status ~= S.running then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local steps = cjson.decode(redis.call('HGET', KEYS[1], F.steps) or '[]')
+local d = cjson.decode(ARGV[4])
+for _, pair in ipairs(steps) do
+  if pair[1] == ARGV[3] then
+    local c = pair[2]
+    for _, k in ipairs({'rows_in', 'rows_out', 'failed', 'filtered'}) do c[k] = (c[k] or 0) + d[k] end
+    for k, v in pairs(d.usage) do c.usage[k] = (c.usage[k] or 0) + v end
+  end
+end
+redis.call('HSET', KEYS[1], F.steps, cjson.encode(steps))
+return 1
+"""
+
+
+# ---- planning (the API) ----
+
+def submission(plan: Plan, rows: list[dict[str, Any]], *, include_raw: bool, owner: str | None,
+               chunk_units: int) -> Submission:
+    n = len(rows)
+    steps = [[p.step.name, empty_counts()] for p in plan.steps]
+    job = Job(id=new_job_id(), task="", owner=owner, status=JobStatus.QUEUED, created_at=now_iso(), total=n,
+              seed=plan.seed, pipeline=plan.name, steps=steps)
+    spec = JobSpec(task=f"pipeline:{plan.name}", backend="", include_raw=include_raw, units_total=n, per_unit=1,
+                   pipeline={"definition": stored_definition(plan), "seed": plan.seed})
+    chunks = [list(range(i, min(i + chunk_units, n))) for i in range(0, n, chunk_units)]
+    return Submission(job, spec, rows, chunks, time.time_ns() // 1000)
+
+
+def stored_definition(plan: Plan) -> dict[str, Any]:
+    """The definition with every step's backends named as the API resolved them (a worker's
+    default backend may be another)."""
+    data = plan.pipeline.model_dump(mode="json", exclude_none=True)
+    for raw, p in zip(data["steps"], plan.steps):
+        if isinstance(p, TaskPlan):
+            if p.grouped:
+                for spec, call in zip(raw["llms"], p.calls):
+                    spec["backend"] = call.backend
+            else:
+                raw["llm"] = {**raw.get("llm", {}), "backend": p.calls[0].backend}
+    return data
+
+
+async def pipeline_job(state: AppState, req: JobRequest, owner: str | None) -> Submission:
+    """POST /jobs with `pipeline`: checked exactly as POST /pipelines (every 4xx before
+    anything is queued), then planned."""
+    assert req.pipeline is not None
+
+    def ready() -> Submission:
+        plan = prepare.plan(state, prepare.definition(state, req.pipeline), req.seed)
+        rows = prepare.rows_for(state, plan, req.rows)
+        return submission(plan, rows, include_raw=req.include_raw, owner=owner,
+                          chunk_units=state.settings.jobs.chunk_units)
+
+    return await asyncio.to_thread(ready)
+
+
+# ---- running (a worker) ----
+
+@dataclass
+class Tree:
+    """A unit's rows: those still going (by id) and the final ones, and the usage of every
+    call made for it (rows filtered out included)."""
+
+    going: dict[str, Item]
+    final: list[Item] = field(default_factory=list)
+    usage: tuple[int, int] = (0, 0)
+
+    def dump(self) -> str:
+        return json.dumps({"going": [i.dump() for i in self.going.values()], "final": [i.dump() for i in self.final],
+                           "usage": self.usage}, ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def load(cls, data: dict[str, Any]) -> Tree:
+        going = [Item.load(i) for i in data["going"]]
+        return cls({i.id: i for i in going}, [Item.load(i) for i in data["final"]], tuple(data["usage"]))
+
+
+@dataclass
+class PipelineJob:
+    """A pipeline job's spec resolved against this worker (the worker's JobRuntime)."""
+
+    job_id: str
+    spec: JobSpec
+    executor: Executor
+    redis: Redis
+    started: bool = False
+
+    @classmethod
+    def resolve(cls, job_id: str, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient],
+                redis: Redis, ttl_s: int) -> PipelineJob:
+        assert spec.pipeline is not None
+
+        def backend_of(name: str | None) -> tuple[str, LLMClient]:
+            client = backends.get(name or "")
+            if client is None:
+                raise InvalidInput(f"backend {name!r} is not configured on the worker")
+            return name or "", client
+
+        try:
+            plan = build(parse(spec.pipeline["definition"]), registry, backend_of, seed=spec.pipeline["seed"])
+        except SynthserveError as exc:
+            raise JobSetupError(f"the worker rejects the pipeline: {exc.detail}") from None
+        executor = Executor(plan, clients(plan, GatedClient), include_raw=spec.include_raw,
+                            dedup=DedupIndex(redis, job_id, ttl_s))
+        return cls(job_id, spec, executor, redis)
+
+    async def run_unit(self, chunk: Chunk, unit: int, on_unit: OnUnit, checkpoint: Callable) -> None:
+        saved = chunk.checkpoints.get(unit)
+        tree = Tree.load(saved) if saved else Tree({str(unit): Item(str(unit), chunk.rows.get(unit, {}))})
+        steps = self.executor.plan.steps
+        n = len(steps)
+
+        async def stepped(item: Item, outcome: Outcome) -> None:
+            del tree.going[item.id]
+            for out in outcome.items:
+                if out.error is not None or out.step >= n:
+                    tree.final.append(out)
+                else:
+                    tree.going[out.id] = out
+            u = outcome.usage
+            tree.usage = (tree.usage[0] + u.input_tokens, tree.usage[1] + u.output_tokens)
+            # stored before the row's next call: what is paid for is never asked again
+            await checkpoint(keys=[keys.job(self.job_id), keys.checkpoints(self.job_id)],
+                             args=[unit, tree.dump(), steps[item.step].step.name, json.dumps(outcome.counts())])
+
+        await all_or_none(self.executor.walk(item, stepped, lambda _: None) for item in list(tree.going.values()))
+        rows = [(None, item.final()) for item in sorted(tree.final, key=lambda i: sort_key(i.id))]
+        on_unit(UnitResult(unit, rows, tree.usage))
+
+    def error_units(self, chunk: Chunk, units: list[int], message: str) -> list[UnitResult]:
+        """Units given up on (max_row_attempts): the input row, with the error."""
+        error = {"type": WORKER_ERROR, "message": message, "step": None}
+        return [UnitResult(u, [(None, {"id": str(u), **chunk.rows.get(u, {}), "metadata": {}, "error": error})])
+                for u in units]
+
+
+def resolve(job_id: str, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient],
+            store: JobStore) -> PipelineJob:
+    return PipelineJob.resolve(job_id, spec, registry, backends, store.redis, store.config.result_ttl_s)
+
+
+async def run_units(rt: Any, chunk: Chunk, todo: list[int], on_unit: OnUnit, on_checkpoint: OnCheckpoint,
+                    *, isolate: bool = False) -> None:
+    """The worker's inner loop for either kind of job: a pipeline's units here (each checkpointed
+    by this module's script), a task's by app.jobs.runner."""
+    if not isinstance(rt, PipelineJob):
+        return await run_chunk(rt, chunk, todo, on_unit, on_checkpoint, isolate=isolate)
+    script = rt.redis.register_script(CHECKPOINT)
+    await all_or_none(rt.run_unit(chunk, unit, on_unit, script) for unit in todo)
+
+
+def error_units(rt: Any, chunk: Chunk, units: list[int], message: str) -> list[UnitResult]:
+    if isinstance(rt, PipelineJob):
+        return rt.error_units(chunk, units, message)
+    return task_error_units(rt, chunk, units, message)
+
+
+# ---- reading (the API) ----
+
+def results_of(store: JobStore, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
+    """A job's stored rows in batches of (index, raw JSON): a pipeline's sorted by id."""
+    return pipeline_results(store.results(job)) if job.pipeline is not None else store.results(job)
+
+
+async def pipeline_results(batches: AsyncIterator[list[tuple[int, str]]]) -> AsyncIterator[list[tuple[int, str]]]:
+    """A pipeline job's stored rows, sorted by id and numbered in that order. The rows are
+    held as the raw JSON they are stored as (each starts with its id: Item.final)."""
+    rows: list[tuple[tuple[int, ...], str]] = []
+    async for batch in batches:
+        for _, raw in batch:
+            found = _ID.match(raw)
+            rows.append((sort_key(found.group(1)) if found else (), raw))
+    rows.sort(key=lambda r: r[0])
+    for start in range(0, len(rows), RESULTS_BATCH):
+        yield [(start + i, raw) for i, (_, raw) in enumerate(rows[start:start + RESULTS_BATCH])]
+        await asyncio.sleep(0)
