@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, ui, uploads
+from . import __version__, openai_batch, ui, uploads
 from .auth import principal
 from .config import Settings, load_settings
 from .encoding import validation_error
@@ -74,6 +74,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(pipelines.router, dependencies=[Depends(principal)])
     ui.install(app)  # /ui, /docs
     uploads.install(app)  # POST /jobs with a file
+    openai_batch.install(app)  # /v1/files, /v1/batches
     return app
 
 

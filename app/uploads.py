@@ -35,7 +35,7 @@ from .deps import JobsDep, StateDep
 from .errors import InvalidInput, SynthserveError, TooLarge
 from .jobs.models import JobOut, JobRequest
 from .jobs.keys import QUEUE
-from .jobs.queue import chunk_entry, plan
+from .jobs.queue import chunk_entry, keep_inputs, plan
 from .runs import format_validation_error
 
 UPLOAD_ROWS = 1000  # rows validated, and enqueued, at a time
@@ -69,6 +69,8 @@ async def create_job_from_file(request: Request, state: StateDep, jobs: JobsDep,
         raise InvalidInput(f"multipart body: {exc.message}") from None
     try:
         upload, req = await _parts(form)
+        if req.task is None:
+            raise InvalidInput("job.pipeline: a file's rows run a task; send a pipeline job as JSON")
         request.state.task = req.task  # for the access log
         task = state.task(req.task)
         if task.generator:
@@ -179,6 +181,7 @@ async def _enqueue(state, jobs, req: JobRequest, f: BinaryIO, name: str, total: 
                 for start in range(0, len(rows), size):
                     part = rows[start:start + size]
                     pipe.xadd(QUEUE, chunk_entry(job.id, list(range(offset + start, offset + start + len(part))), part))
+                keep_inputs(pipe, job.id, range(offset, offset + len(rows)), rows)
                 await pipe.execute()
         offset += len(rows)
     return job

@@ -21,6 +21,7 @@ MODULES = (
     "tasks.embeddings",
     "tasks.embedding_data",
     "tasks.magpie",
+    "tasks.openai_requests",
 )
 
 
