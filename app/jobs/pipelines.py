@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from llm_clients import LLMClient
 from tasks import Registry
 
+from .. import encoding
 from ..errors import InvalidInput, SynthserveError
 from ..pipelines import prepare
 from ..pipelines.check import Plan, TaskPlan, build
@@ -125,8 +126,9 @@ class Tree:
     usage: tuple[int, int] = (0, 0)
 
     def dump(self) -> str:
-        return json.dumps({"going": [i.dump() for i in self.going.values()], "final": [i.dump() for i in self.final],
-                           "usage": self.usage}, ensure_ascii=False, separators=(",", ":"))
+        # app.encoding: rows hold answers, which may hold inf or lone surrogates
+        return encoding.dumps({"going": [i.dump() for i in self.going.values()],
+                               "final": [i.dump() for i in self.final], "usage": self.usage}).decode()
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> Tree:

@@ -5,7 +5,6 @@ over the chunk's units, rows grouped back into units
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 from llm_clients import GenerationKwargs, LLMClient, Usage
 from tasks import Registry, Task, TaskParams, TaskRun
 
+from .. import encoding
 from .models import Chunk, JobSpec, UnitResult
 
 WORKER_ERROR = "worker_error"
@@ -78,7 +78,7 @@ async def run_chunk(rt: JobRuntime, chunk: Chunk, todo: list[int], on_unit: OnUn
 
     async def checkpoint(unit: int, step: str, value: Any) -> None:
         steps.setdefault(unit, {})[step] = value
-        stored = on_checkpoint(unit, json.dumps(steps[unit], ensure_ascii=False))
+        stored = on_checkpoint(unit, encoding.dumps(steps[unit]).decode())  # answers may hold lone surrogates
         if stored is not None:
             await stored
 

@@ -16,6 +16,7 @@ from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from .. import encoding
 from ..config import JobsConfig
 from . import keys, queue, scripts
 from .keys import Field, JobStatus
@@ -34,7 +35,9 @@ def retry() -> Retry:
 
 
 def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # app.encoding: an LLM answer may hold inf or a lone surrogate, which json.dumps writes as
+    # `Infinity` or cannot encode at all (and the result writer stopped on it)
+    return encoding.dumps(value).decode()
 
 
 @dataclass(slots=True)
