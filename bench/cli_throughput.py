@@ -10,7 +10,7 @@ the file, submitting, following the events with the progress display (plain line
 is a pipe), writing the output. The limit is concurrency / latency rows per second (640/s
 at 64 in flight and 100 ms); the goal is a ratio >= 0.85 for both outputs. Also printed:
 the job's own rate (started_at..finished_at), so what the client and the files cost is
-the difference.
+the difference. The runs skip the LLM-call cache (--no-cache): every call reaches the mock.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def parse_time(stamp: str) -> datetime:
 def one_run(url: str, src: Path, out: Path, rows: int, limit: float) -> dict:
     start = time.perf_counter()
     r = subprocess.run([sys.executable, "-m", "app.cli", "run", "text-generation", "--input", str(src),
-                        "--output", str(out), "--server", url, "--no-raw"],
+                        "--output", str(out), "--server", url, "--no-raw", "--no-cache"],
                        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
     if r.returncode != 0:
@@ -78,10 +78,10 @@ def main() -> None:
             url = f"http://127.0.0.1:{port}"
             wait_healthy(url, server)
             mock.configure(latency_ms=args.latency_ms)
-            src = tmp / "in.jsonl"
-            src.write_text("".join(json.dumps({"instruction": f"Write a haiku about the number {i}."}) + "\n"
-                                   for i in range(args.rows)))
             for ext in ("jsonl", "parquet"):
+                src = tmp / f"in-{ext}.jsonl"
+                src.write_text("".join(json.dumps({"instruction": f"Write a haiku about the number {i}."}) + "\n"
+                                       for i in range(args.rows)))
                 run = one_run(url, src, tmp / f"out.{ext}", args.rows, limit)
                 print(f"--output x.{ext:<7}: {run['rows_per_s']:6.1f} rows/s  limit {limit:.0f}/s  ratio {run['ratio']:.3f}"
                       f" (goal >= 0.85; {run['wall_s']:.2f} s from the CLI's start to its exit);"
