@@ -11,9 +11,10 @@ otherwise freeze or exhaust the process:
                 request when one is open (`request_budget`)
     iterations  every `for` iterates through a counter (the parsed tree is rewritten), and
                 `range` charges its length: MAX_LOOP_ITERATIONS per render
-    size        strings and lists built by `+`, `*`, `~`, `%`, filters and calls, and the
-                output, stay under MAX_CHARS; an operation whose result would be larger
-                (`'a' * 10**9`, `s|replace('', s)`, a width of 10**9) is refused before it runs
+    size        strings and lists built by `+`, `*`, `~`, `%`, joins, filters and calls, and
+                the output, stay under MAX_CHARS; an operation whose result would be larger
+                (`'a' * 10**9`, `s|replace('', s)`, `s.join(long_list)`, a width of 10**9)
+                is refused before it runs
     numbers     `**` and `*` on integers are refused past MAX_INT_BITS; intercepting them
                 also keeps Jinja from folding `9**(9**8)` at compile time
     recursion   calls (macros, recursive loops) nest at most MAX_CALL_DEPTH deep
@@ -177,6 +178,10 @@ def _guard_filter(name: str, func: Any) -> Any:
             _check_replace(*args[skip - 1:skip + 3])
         elif name == "format":
             _check_printf(args[skip - 1])
+        elif name == "join" and len(args) > skip - 1:  # measured before joining: a list, not a generator
+            items = list(args[skip - 1])
+            args = (*args[:skip - 1], items, *args[skip:])
+            _check_join(args[skip] if len(args) > skip else kwargs.get("d", ""), items)
         return _sized(func(*args, **kwargs))
 
     return guarded
@@ -195,11 +200,22 @@ def _guarded_range(*args: int) -> range:
     return r
 
 
+def _check_join(sep: Any, items: list | tuple | range) -> None:
+    if isinstance(sep, str):
+        total = len(sep) * max(0, len(items) - 1) + sum(len(i) for i in items if isinstance(i, str))
+        if total > MAX_CHARS:
+            raise RenderLimit(f"template joins into more than {MAX_CHARS} characters")
+
+
 class _GuardedCodeGenerator(CodeGenerator):
     def visit_Concat(self, node: nodes.Concat, frame) -> None:
-        self.write("environment.sized(")  # `~` cannot be intercepted like the binary operators
-        super().visit_Concat(node, frame)
-        self.write(")")
+        # `~` cannot be intercepted like the binary operators: its parts are measured before
+        # they are joined (a ~ chain of a thousand 4 MB strings would allocate 4 GB first)
+        self.write("environment.concat((")
+        for arg in node.nodes:
+            self.visit(arg, frame)
+            self.write(", ")
+        self.write("))")
 
 
 class GuardedEnvironment(ImmutableSandboxedEnvironment):
@@ -214,9 +230,11 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
                         "cycler": self.globals["cycler"], "joiner": self.globals["joiner"]}  # no lipsum(n)
 
     @staticmethod
-    def sized(value: Any) -> Any:
+    def concat(parts: tuple) -> str:
         _current().tick()
-        return _sized(value)
+        texts = [str(p) for p in parts]
+        _check_join("", texts)
+        return "".join(texts)
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
@@ -264,8 +282,12 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
         budget.tick()
         if isinstance(getattr(__obj, "__self__", None), str):  # a str method: ljust(10**9), replace(...)
             _check_args(args, kwargs)
-            if getattr(__obj, "__name__", "") == "replace":
+            method = getattr(__obj, "__name__", "")
+            if method == "replace":
                 _check_replace(__obj.__self__, *args[:3])
+            elif method == "join" and args:
+                args = (list(args[0]), *args[1:])
+                _check_join(__obj.__self__, args[0])
         # macros and recursive loops call through here: stop them long before RecursionError,
         # whose 1,000-frame traceback Jinja then rewrites frame by frame
         budget.depth += 1

@@ -26,6 +26,9 @@ HOSTILE = {
     "wide filter": "{{ instruction|center(1000000000) }}",
     "wide printf": "{{ '%0999999999d'|format(1) }}{{ instruction }}",
     "replace blow-up": "{{ (instruction * 1000)|replace('', instruction * 1000) }}",
+    "~ chain": "{% set s = instruction * 6000 %}{{ (" + " ~ ".join(["s"] * 1000) + ")|length }}",
+    "join blow-up": "{% set s = instruction * 1666 %}{{ s.join([instruction] * 10000)|length }}",
+    "join filter blow-up": "{% set s = instruction * 1666 %}{{ ([instruction] * 10000)|map('upper')|join(s) }}",
 }
 
 
