@@ -84,7 +84,9 @@ async def open_jobs(stack: AsyncExitStack, state: AppState) -> None:
     and a worker when this process consumes jobs itself (by default: with the private
     Redis, where no other worker runs). Closed by `stack`, in reverse."""
     config = state.settings.jobs
-    url = config.redis_url or await stack.enter_async_context(private_redis(config.data_dir))
+    url = config.redis_url
+    if not url:
+        url = await stack.enter_async_context(private_redis(config.data_dir))
     state.jobs = JobStore.connect(url, config)
     state.spend = Spend.open(state.settings, state.backends, state.jobs.redis)
     stack.push_async_callback(state.jobs.aclose)

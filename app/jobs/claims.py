@@ -9,10 +9,13 @@ counting a delivery: the delivery count is the chunk's attempt number.
 
 from __future__ import annotations
 
+from typing import cast
+
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from . import keys, scripts
+from .keys import StreamReply
 
 RELEASED_IDLE_MS = 86_400_000  # "delivered a day ago": any worker's XAUTOCLAIM takes it now
 
@@ -36,8 +39,8 @@ class Claims:
 
     async def read(self, count: int, block_ms: int) -> list[Claimed]:
         """New chunks, waiting up to block_ms for the first."""
-        answer = await self.redis.xreadgroup(keys.GROUP, self.consumer, {keys.QUEUE: ">"},
-                                             count=count, block=block_ms)
+        answer = cast(StreamReply | None, await self.redis.xreadgroup(keys.GROUP, self.consumer, {keys.QUEUE: ">"},
+                                                                      count=count, block=block_ms))
         return [(entry, fields, 1) for _, entries in answer or () for entry, fields in entries]
 
     async def reclaim(self, count: int) -> list[Claimed]:

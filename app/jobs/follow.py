@@ -19,15 +19,17 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 from secrets import token_hex
 
 from fastapi.sse import format_sse_event
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
 
 from ..sse import encode
 from . import keys
-from .keys import Event
+from .keys import Entries, Event, StreamReply
 from .models import Job
 from .store import SOCKET_TIMEOUT_S, JobStore, retry
 
@@ -136,7 +138,8 @@ class EventHub:
                 del self._jobs[job_id]
 
     async def _backlog(self, job: Job, after: int) -> list[Frame]:
-        entries = await self.store.redis.xrange(keys.events(job.id), f"{after + 1}-0", "+", count=EVENTS_BATCH)
+        entries = cast(Entries, await self.store.redis.xrange(keys.events(job.id), f"{after + 1}-0", "+",
+                                                              count=EVENTS_BATCH))
         return await frames(self.store, job, entries)
 
     # ---- the reader ----
@@ -148,10 +151,11 @@ class EventHub:
                 self._wanted.clear()
                 await self._wanted.wait()
             followed_by = {keys.events(job_id): f for job_id, f in self._jobs.items()}
-            streams = {key: f"{f.cursor}-0" for key, f in followed_by.items()}
+            streams: dict[KeyT, StreamIdT] = {key: f"{f.cursor}-0" for key, f in followed_by.items()}
             streams[self._wake_key] = self._wake_id
             try:
-                answer = await self.redis.xread(streams, count=EVENTS_BATCH, block=READ_BLOCK_MS)
+                answer = cast(StreamReply | None, await self.redis.xread(streams, count=EVENTS_BATCH,
+                                                                         block=READ_BLOCK_MS))
                 for key, entries in answer or ():
                     if key == self._wake_key:
                         self._wake_id = entries[-1][0]

@@ -26,6 +26,8 @@ from __future__ import annotations
 from enum import StrEnum
 
 PREFIX = "synthserve"
+from redis.typing import EncodableT, FieldT
+
 QUEUE = f"{PREFIX}:queue"
 GROUP = "workers"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
@@ -93,6 +95,14 @@ class Event(StrEnum):
 
 def owner_index(owner: str | None) -> str:
     return f"{PREFIX}:jobs:{owner or '-'}"
+
+# Every client of the engine decodes replies (decode_responses=True): they are str, which
+# redis-py types as bytes | str, so reads are cast once, where they are made, to these.
+Hash = dict[str, str]
+Entries = list[tuple[str, dict[str, str]]]  # XRANGE
+StreamReply = list[tuple[str, Entries]]  # XREAD, XREADGROUP
+Fields = dict[FieldT, EncodableT]  # what HSET mapping= and XADD take
+
 
 
 def job(job_id: str) -> str:

@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from tasks.base import Split
 
 from ..schemas import LLMSpec
-from .keys import TERMINAL, Field as F, JobStatus
+from .keys import TERMINAL, Field as F, Fields, JobStatus
 
 
 def now_iso() -> str:
@@ -158,7 +158,7 @@ class Job:
 
     # ---- as a Redis hash (strings; "" for None) ----
 
-    def to_fields(self) -> dict[str, str]:
+    def to_fields(self) -> Fields:
         return {F.ID: self.id, F.TASK: self.task, F.OWNER: self.owner or "", F.STATUS: self.status,
                 F.CREATED_AT: self.created_at, F.STARTED_AT: self.started_at or "",
                 F.FINISHED_AT: self.finished_at or "", F.TOTAL: str(self.total),

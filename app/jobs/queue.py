@@ -19,9 +19,9 @@ from redis.asyncio import Redis
 
 from tasks import Task, TaskRun
 
-from .keys import QUEUE, SNAPSHOT, Event, Field, JobStatus
 from . import keys
 from .models import Job, JobRequest, JobSpec, new_job_id, now_iso
+from .keys import QUEUE, SNAPSHOT, Event, Field, Fields, JobStatus
 
 
 @dataclass(slots=True)
@@ -64,7 +64,7 @@ def plan(task: Task, run: TaskRun, req: JobRequest, *, owner: str | None, backen
 def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> dict[str, str]:
     """One queue entry: a chunk of a job's units, with their input rows when the task takes
     rows (they travel with the chunk: a worker reads both at once)."""
-    entry = {"job": job_id, "units": ",".join(map(str, units))}
+    entry: Fields = {"job": job_id, "units": ",".join(map(str, units))}
     if rows is not None:
         entry["rows"] = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
     return entry
@@ -74,10 +74,10 @@ async def enqueue(redis: Redis, sub: Submission, *, result_ttl_s: int) -> None:
     """The job hash, its first event, its place in the owner's list and one queue entry
     per chunk (carrying the chunk's input rows), in one MULTI."""
     job, spec = sub.job, sub.spec
-    fields = {**job.to_fields(), Field.SPEC: spec.model_dump_json(), Field.UNITS_TOTAL: str(spec.units_total),
+    fields: Fields = {**job.to_fields(), Field.SPEC: spec.model_dump_json(), Field.UNITS_TOTAL: str(spec.units_total),
               Field.UNITS_DONE: "0", Field.ROWS_OUT: "0", Field.VARIABLE: "1" if spec.per_unit is None else "0",
               Field.EVENT_SEQ: "1", Field.PROGRESS_COUNT: "0", Field.PROGRESS_MS: "0"}
-    first = {Event.KIND: Event.DONE if job.finished else Event.PROGRESS, **{name: fields[name] for name in SNAPSHOT}}
+    first: Fields = {Event.KIND: Event.DONE if job.finished else Event.PROGRESS, **{name: fields[name] for name in SNAPSHOT}}
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(keys.job(job.id), mapping=fields)
         pipe.xadd(keys.events(job.id), first, id="1-0")

@@ -120,7 +120,7 @@ async def _stream(rt: JobRuntime, chunk: Chunk, todo: list[int], on_unit: OnUnit
 
     pending: dict[int, list[tuple[int | None, dict[str, Any]]]] = {}
     async for index, row in rt.task.stream(run):
-        if variable:
+        if k is None:  # variable
             pending.setdefault(todo[0], []).append((None, row))
             continue
         unit = index // k

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -19,7 +19,7 @@ from redis.exceptions import NoScriptError
 from .. import encoding
 from ..config import JobsConfig
 from . import keys, queue, scripts
-from .keys import Field, JobStatus
+from .keys import Field, Hash, JobStatus
 from .models import Job, JobSpec, UnitResult, now_iso, now_ms
 from .queue import Submission
 
@@ -106,28 +106,28 @@ class JobStore:
         return sub.job
 
     async def get(self, job_id: str) -> Job | None:
-        fields = await self.redis.hgetall(keys.job(job_id))
-        return Job.from_fields(fields) if fields.get("id") else None
+        fields = cast(Hash, await self.redis.hgetall(keys.job(job_id)))
+        return Job.from_fields(fields) if fields.get(Field.ID) else None
 
     async def list_jobs(self, owner: str | None, limit: int) -> list[Job]:
         """The owner's jobs, newest first."""
         index = keys.owner_index(owner)
-        ids = await self.redis.zrevrange(index, 0, limit - 1)
+        ids = cast(list[str], await self.redis.zrevrange(index, 0, limit - 1))
         async with self.redis.pipeline(transaction=False) as pipe:
             for job_id in ids:
                 pipe.hgetall(keys.job(job_id))
-            found = await pipe.execute()
-        gone = [job_id for job_id, f in zip(ids, found) if not f.get("id")]
+            found = cast(list[Hash], await pipe.execute())
+        gone = [job_id for job_id, f in zip(ids, found) if not f.get(Field.ID)]
         if gone:  # expired (result_ttl_s) or deleted
             await self.redis.zrem(index, *gone)
-        return [Job.from_fields(f) for f in found if f.get("id")]
+        return [Job.from_fields(f) for f in found if f.get(Field.ID)]
 
     async def results(self, job: Job) -> AsyncIterator[list[tuple[int, str]]]:
         total, rows_out = await self.redis.hmget(keys.job(job.id), [Field.TOTAL, Field.ROWS_OUT])
         bound = max(int(total or 0), int(rows_out or 0))
         for start in range(0, bound, RESULTS_BATCH):
             indexes = range(start, min(start + RESULTS_BATCH, bound))
-            values = await self.redis.hmget(keys.results(job.id), [str(i) for i in indexes])
+            values = cast(list[str | None], await self.redis.hmget(keys.results(job.id), [str(i) for i in indexes]))
             batch = [(i, v) for i, v in zip(indexes, values) if v is not None]
             if batch:
                 yield batch
@@ -135,7 +135,7 @@ class JobStore:
     async def rows(self, job_id: str, indexes: Sequence[int]) -> list[str | None]:
         if not indexes:
             return []
-        return await self.redis.hmget(keys.results(job_id), [str(i) for i in indexes])
+        return cast(list[str | None], await self.redis.hmget(keys.results(job_id), [str(i) for i in indexes]))
 
     async def cancel(self, job_id: str) -> Job | None:
         await self.finish(job_id, JobStatus.CANCELLED)
@@ -231,7 +231,7 @@ class JobStore:
         return {job_id: status or "" for job_id, status in zip(job_ids, found)}
 
     async def last_error(self, job_id: str) -> str | None:
-        return await self.redis.hget(keys.job(job_id), Field.LAST_ERROR)
+        return cast(str | None, await self.redis.hget(keys.job(job_id), Field.LAST_ERROR))
 
     async def set_last_error(self, job_id: str, message: str) -> None:
         await self._hset_if_job(keys=[keys.job(job_id), keys.job(job_id)], args=[Field.LAST_ERROR, message])

@@ -403,6 +403,7 @@ async def _serve(settings: Settings) -> int:
     store = JobStore.connect(settings.jobs.redis_url, settings.jobs)
     # the backends' rpm/tpm, shared with the API, and the call cache
     spend = Spend.open(settings, state.backends, store.redis)
+    assert settings.jobs.redis_url  # (run_worker checked)
     worker = Worker(store, state.registry, state.backends, settings.jobs, spend=spend)
     loop = asyncio.get_running_loop()
     signals = 0
@@ -433,5 +434,5 @@ def run_worker(settings: Settings) -> int:
     try:
         from uvloop import run
     except ImportError:  # pragma: no cover
-        run = asyncio.run
+        from asyncio import run  # type: ignore[assignment]
     return run(_serve(settings))

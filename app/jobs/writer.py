@@ -36,8 +36,8 @@ class Writer:
         self._task = asyncio.create_task(self._loop(), name="jobs-writer")
 
         def done(task: asyncio.Task) -> None:
-            if not task.cancelled() and task.exception() is not None:
-                on_failure(task.exception())
+            if not task.cancelled() and (exc := task.exception()) is not None:
+                on_failure(exc)
 
         self._task.add_done_callback(done)
 

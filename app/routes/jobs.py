@@ -28,8 +28,9 @@ SSE_DOC = {"text/event-stream": {"schema": {"type": "string"}, "example":
            'event: progress\nid: 1\ndata: {"id":"job_...","status":"running",...}\n\n'
            'event: row\nid: 2\ndata: {"index":0,"row":{...}}\n\n'
            'event: done\nid: 9\ndata: {"id":"job_...","status":"completed",...}\n\n'}}
-NOT_FOUND = {404: {"description": "unknown job (or another key's)"}}
-UNAVAILABLE = {503: {"description": "the job store (Redis) is unavailable; retry after `Retry-After`"}}
+Responses = dict[int | str, dict[str, Any]]
+NOT_FOUND: Responses = {404: {"description": "unknown job (or another key's)"}}
+UNAVAILABLE: Responses = {503: {"description": "the job store (Redis) is unavailable; retry after `Retry-After`"}}
 
 
 @router.post("/jobs", status_code=202, response_model=JobOut,
@@ -42,6 +43,7 @@ async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: 
         return (await jobs.submit(await pipeline_job(state, body, owner))).public()
     task, run = state.prepare_run(body.task, body)
     if body.dry_run:
+    assert body.task is not None  # (JobRequest: a task or a pipeline)
         return await dry_run(task, run)
     backend, _ = state.backend(body.llm.backend)
     sub = plan(task, run, body, owner=owner, backend=backend, chunk_units=state.settings.jobs.chunk_units)
