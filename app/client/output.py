@@ -32,6 +32,7 @@ class OutputFile:
         self._journaled: set[int] = set()  # rows read from an old journal, not yet in the output
         self._journal = None
         self._flushed = 0.0
+        self.sort_by_id = False  # a pipeline's rows: by their `id` ("2" < "2.1" < "10"), not as they came
 
     def load(self) -> None:
         """The rows of a previous run: the output file, then the journal (newer)."""
@@ -94,7 +95,9 @@ class OutputFile:
             self._journal.close()
             self._journal = None
         tmp = self.path.with_name(self.path.name + ".tmp")
-        formats.write_rows(tmp, [self.rows[i] for i in sorted(self.rows)], fmt=self.format)
+        rows = sorted(self.rows.values(), key=lambda r: tuple(map(int, r["id"].split(".")))) if self.sort_by_id \
+            else [self.rows[i] for i in sorted(self.rows)]
+        formats.write_rows(tmp, rows, fmt=self.format)
         os.replace(tmp, self.path)
         if detached and self.header:
             self.journal_path.write_text(json.dumps(self.header) + "\n")

@@ -145,6 +145,7 @@ async def reattach(job_id: str, out: OutputFile, server: Server, console: Consol
 async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: dict[str, Any],
                  console: Console) -> int:
     p = Plan(header["units"], header["per_unit"])
+    out.sort_by_id = bool(job.get("pipeline"))
     out.start(header)
     display = ProgressDisplay(job["id"], counts_of(job, header["skipped"]), console=console)
     try:
@@ -167,7 +168,7 @@ async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: d
 # ---- in process ----
 
 async def run_in_process(spec: RunSpec, settings, console: Console) -> int:
-    from ..errors import SynthserveError
+    from ..errors import NotFound, SynthserveError
     from ..schemas import LLMSpec, TaskRequest
     from ..state import AppState
 
@@ -177,6 +178,8 @@ async def run_in_process(spec: RunSpec, settings, console: Console) -> int:
         task, run = state.prepare_run(spec.name, TaskRequest(rows=spec.rows, params=spec.params,
                                                               llm=LLMSpec.model_validate(spec.llm),
                                                               include_raw=spec.include_raw))
+    except NotFound as exc:  # pipelines need the jobs' Redis (dedup index, checkpoints): a server's
+        raise UsageError(f"{exc.detail}; a pipeline runs on a server (--server URL)") from None
     except SynthserveError as exc:
         raise UsageError(exc.detail) from None
     except ValidationError as exc:

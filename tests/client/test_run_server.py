@@ -158,3 +158,34 @@ def test_api_keys(mock, tmp_path, monkeypatch):
     finally:
         server.close()
         redis.close()
+
+
+def test_a_pipeline_on_a_server_and_not_in_process(mock, tmp_path):
+    redis = RedisServer(tmp_path)
+    pipelines = tmp_path / "pipelines"
+    pipelines.mkdir()
+    (pipelines / "two-steps.toml").write_text(
+        'name = "two-steps"\n[[steps]]\nname = "ask"\ntask = "text-generation"\n'
+        'output_mappings = { generation = "instruction" }\n'
+        '[[steps]]\nname = "answer"\ntask = "text-generation"\noutput_mappings = { generation = "response" }\n')
+    config = tmp_path / "pipelines.toml"
+    config.write_text(f'[backends.mock]\nprovider = "openai"\nbase_url = "{mock.url}/v1"\nmodel = "mock-model"\n'
+                      f'[jobs]\nredis_url = "{redis.url}"\nconsume = true\n[pipelines]\ndir = "{pipelines}"\n')
+    port = free_port()
+    server = Process(["serve", "--config", str(config), "--port", str(port)], tmp_path / "serve.log",
+                     {**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server)
+        src = write_jsonl(tmp_path / "in.jsonl", rows(4, "seed"))
+        out = tmp_path / "out.jsonl"
+        r = synthserve("run", "two-steps", "-i", str(src), "-o", str(out), "--server", url)
+        assert r.returncode == 0, r.stdout + r.stderr
+        got = read_jsonl(out)
+        assert [row["id"] for row in got] == ["0", "1", "2", "3"]
+        assert all(row["response"] == f"Echo: Echo: seed {row['id']}" for row in got)
+        local = synthserve("run", "two-steps", "-i", str(src), "-o", str(tmp_path / "o2.jsonl"), "--config", str(config))
+        assert local.returncode == 2 and "a pipeline runs on a server" in local.stderr
+    finally:
+        server.close()
+        redis.close()
