@@ -56,6 +56,8 @@ class BatchRecord:
     metadata: dict[str, str] | None = None
     owner: str | None = None
     cancelling_at: int | None = None
+    expires_at: int | None = None
+    expired_at: int | None = None
 
 
 class Records:

@@ -65,7 +65,8 @@ def _error(status: int, detail: Any, headers: dict[str, str] | None = None) -> J
 router = APIRouter(prefix="/v1", tags=["openai batch"], route_class=OpenAIErrors)
 
 TASKS = {"/v1/chat/completions": "openai-chat-completions", "/v1/embeddings": "openai-embeddings"}
-WINDOW_S = 24 * 3600  # OpenAI's only completion_window, "24h": the batch's expires_at
+WINDOW = re.compile(r"(\d+)([smh])")  # OpenAI takes only "24h"; shorter windows are ours
+UNIT_S = {"s": 1, "m": 60, "h": 3600}
 
 
 def records(state) -> Records:
@@ -169,6 +170,8 @@ class BatchCreate(BaseModel):
 async def create_batch(body: BatchCreate, state: StateDep, jobs: JobsDep, owner: PrincipalDep) -> dict[str, Any]:
     if body.endpoint not in TASKS:
         raise InvalidInput(f"endpoint: one of {list(TASKS)}")
+    if not (window := WINDOW.fullmatch(body.completion_window)):
+        raise InvalidInput("completion_window: a duration such as `24h` (also `30m`, `90s`)")
     if await records(state).file(body.input_file_id, owner) is None:
         raise NotFound(f"unknown file {body.input_file_id!r}")
     lines = _lines((await records(state).file_content(body.input_file_id)).decode(), body.endpoint)
@@ -190,11 +193,12 @@ async def create_batch(body: BatchCreate, state: StateDep, jobs: JobsDep, owner:
     batch = BatchRecord(id=new_id("batch"), endpoint=body.endpoint, input_file_id=body.input_file_id,
                         completion_window=body.completion_window, created_at=int(time.time()), total=len(lines),
                         metadata=body.metadata, owner=owner)
+    batch.expires_at = batch.created_at + int(window.group(1)) * UNIT_S[window.group(2)]
     for numbers, sub in planned:
         job = await jobs.submit(sub)
         batch.groups.append(Group(job=job.id, lines=numbers))
     await records(state).put_batch(batch)
-    return await _public(jobs, batch)
+    return await _public(state, jobs, batch)
 
 
 def _lines(text: str, endpoint: str) -> list[dict[str, Any]]:
@@ -240,14 +244,23 @@ def _unix(stamp: str | None) -> int | None:
     return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()) if stamp else None
 
 
-async def _public(jobs: JobStore, batch: BatchRecord) -> dict[str, Any]:
-    """The batch object, its state read from its jobs."""
+async def _public(state, jobs: JobStore, batch: BatchRecord) -> dict[str, Any]:
+    """The batch object, its state read from its jobs. A batch still running past its
+    completion window expires here: its jobs are cancelled, its finished lines kept."""
     found: list[Job] = [job for g in batch.groups if (job := await jobs.get(g.job)) is not None]
     finished = all(job.finished for job in found)
+    if not finished and batch.expired_at is None and batch.expires_at and time.time() > batch.expires_at:
+        batch.expired_at = int(time.time())
+        await records(state).put_batch(batch)
+        for job in found:
+            if not job.finished:
+                await jobs.cancel(job.id)
     completed = sum(job.completed for job in found)
     failed = sum(job.failed for job in found)
     ended = max((_unix(job.finished_at) or batch.created_at for job in found), default=batch.created_at)
-    if not finished:
+    if batch.expired_at:
+        status = "expired"
+    elif not finished:
         status = "cancelling" if batch.cancelling_at else "in_progress"
     elif batch.cancelling_at:
         status = "cancelled"
@@ -258,12 +271,12 @@ async def _public(jobs: JobStore, batch: BatchRecord) -> dict[str, Any]:
     return {
         "id": batch.id, "object": "batch", "endpoint": batch.endpoint, "errors": None,
         "input_file_id": batch.input_file_id, "completion_window": batch.completion_window, "status": status,
-        "output_file_id": f"file-{batch.id}-output" if finished and completed else None,
-        "error_file_id": f"file-{batch.id}-error" if finished and failed else None,
+        "output_file_id": f"file-{batch.id}-output" if (finished or batch.expired_at) and completed else None,
+        "error_file_id": f"file-{batch.id}-error" if (finished or batch.expired_at) and failed else None,
         "created_at": batch.created_at, "in_progress_at": batch.created_at,
-        "expires_at": batch.created_at + WINDOW_S, "finalizing_at": ended if finished else None,
+        "expires_at": batch.expires_at, "finalizing_at": ended if finished else None,
         "completed_at": ended if status == "completed" else None,
-        "failed_at": ended if status == "failed" else None, "expired_at": None,
+        "failed_at": ended if status == "failed" else None, "expired_at": batch.expired_at,
         "cancelling_at": batch.cancelling_at, "cancelled_at": ended if status == "cancelled" else None,
         "request_counts": {"total": batch.total, "completed": completed, "failed": failed},
         "metadata": batch.metadata,
@@ -272,7 +285,7 @@ async def _public(jobs: JobStore, batch: BatchRecord) -> dict[str, Any]:
 
 @router.get("/batches/{batch_id}")
 async def get_batch(batch_id: str, state: StateDep, jobs: JobsDep, owner: PrincipalDep) -> dict[str, Any]:
-    return await _public(jobs, await _batch(state, batch_id, owner))
+    return await _public(state, jobs, await _batch(state, batch_id, owner))
 
 
 @router.get("/batches")
@@ -281,7 +294,7 @@ async def list_batches(state: StateDep, jobs: JobsDep, owner: PrincipalDep,
     ids = await records(state).batch_ids(owner, 1000)
     if after in ids:
         ids = ids[ids.index(after) + 1:]
-    data = [await _public(jobs, batch) for batch_id in ids[:limit]
+    data = [await _public(state, jobs, batch) for batch_id in ids[:limit]
             if (batch := await records(state).batch(batch_id, owner)) is not None]
     return {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
             "last_id": data[-1]["id"] if data else None, "has_more": len(ids) > limit}
@@ -296,4 +309,4 @@ async def cancel_batch(batch_id: str, state: StateDep, jobs: JobsDep, owner: Pri
         await records(state).put_batch(batch)
     for job_id in running:
         await jobs.cancel(job_id)
-    return await _public(jobs, batch)
+    return await _public(state, jobs, batch)

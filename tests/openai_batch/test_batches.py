@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import time
 
+import httpx
 import openai
 import pytest
 from openai import OpenAI
@@ -122,3 +123,26 @@ def test_embeddings_need_a_backend_that_embeds(service, mock):
     with pytest.raises(openai.UnprocessableEntityError) as caught:
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings", completion_window="24h")
     assert "needs a backend that can embed" in str(caught.value)
+
+
+def test_a_batch_past_its_window_expires_keeping_its_finished_lines(service, mock):
+    mock.configure(latency_ms=400)  # 40 lines at 4 in flight: 4 s, past the 3 s window
+    client = sdk(service)
+    uploaded = client.files.create(file=("late.jsonl", batch_file(40, "late")), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="3s")
+    assert batch.expires_at == batch.created_at + 3
+    expired = wait(client, batch.id, statuses=("expired",))
+    assert expired.expired_at is not None
+
+    def settled():  # every job of the service finished (the batch's were cancelled)
+        jobs = httpx.get(f"{service.url}/jobs").json()["jobs"]
+        return all(job["status"] not in ("queued", "running") for job in jobs)
+    deadline = time.monotonic() + 30
+    while not settled():
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    done = client.batches.retrieve(batch.id)
+    assert done.status == "expired" and 0 < done.request_counts.completed < 40
+    assert len(client.files.content(done.output_file_id).text.splitlines()) == done.request_counts.completed
+    with pytest.raises(openai.UnprocessableEntityError):
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="soon")
