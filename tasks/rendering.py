@@ -49,6 +49,7 @@ MAX_LOOP_ITERATIONS = 100_000
 MAX_CHARS = 4_000_000  # output, and any string or list built while rendering
 MAX_INT_BITS = 64 * 1024
 MAX_CALL_DEPTH = 64
+YIELD_EVERY_S = 0.001
 _WIDE_PRINTF = re.compile(r"%[^%a-zA-Z]*?(?:\d{7,}|\*)")  # a width or precision of a million or more
 _WIDE_FORMAT = re.compile(r"\{[^{}]*:[^{}]*(?:\d{7,}|\{)")  # likewise for str.format, or a nested spec
 
@@ -84,19 +85,26 @@ def render(name: str, **context: Any) -> str:
 # ---- the budget of one render ----
 
 class _Budget:
-    __slots__ = ("deadline", "iterations", "depth")
+    __slots__ = ("deadline", "iterations", "depth", "yielded")
 
     def __init__(self, seconds: float):
-        deadline = time.monotonic() + seconds
+        self.yielded = time.monotonic()
+        deadline = self.yielded + seconds
         request_deadline = _request_deadline.get()
         self.deadline = deadline if request_deadline is None else min(deadline, request_deadline)
         self.iterations = MAX_LOOP_ITERATIONS
         self.depth = 0
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now > self.deadline:
             raise RenderLimit("template rendering took too long "
                               f"(limit {RENDER_TIMEOUT_S:g} s a row, {REQUEST_RENDER_BUDGET_S:g} s a request)")
+        if now - self.yielded > YIELD_EVERY_S:
+            # hand the GIL over: the event loop would otherwise wait up to the interpreter's
+            # switch interval (5 ms) each time it needs it while a long render runs
+            self.yielded = now
+            time.sleep(0)
 
     def iterate(self, n: int = 1) -> None:
         self.iterations -= n
