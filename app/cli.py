@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             graceful_timeout_s=args.graceful_timeout)
         return 0
     if args.command == "worker":
-        from .jobs.worker import run_worker
+        from .jobs.standalone import run_worker
         return run_worker(settings)
     return 2
 

@@ -8,7 +8,8 @@
     runner.py   one chunk through Task.stream
     writer.py   the worker's batched saves
     claims.py   the worker's side of the consumer group (read, keep, reclaim, release, ack)
-    worker.py   the consumer: `synthserve worker`, and the API's own in the default set-up
+    worker.py   the consumer: the API's own in the default set-up, and `synthserve worker`
+    standalone.py  `synthserve worker`: a worker process (signals, backends, Redis)
     follow.py   event streams: one blocking read per process, fanned out in memory
     private.py  the default set-up's redis-server, a child of the API server
 

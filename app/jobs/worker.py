@@ -1,4 +1,5 @@
-"""The consumer: `synthserve worker`.
+"""The consumer: the API process's own in the default set-up, and `synthserve worker`
+(standalone.py).
 
 A worker reads chunks from the queue stream through the consumer group, keeps about
 `capacity` units in flight (twice the largest backend limit by default; the backends'
@@ -20,13 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import faulthandler
 import json
 import logging
 import os
-import signal
 import socket
-import sys
 import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -39,7 +37,7 @@ from redis.exceptions import RedisError, ResponseError
 from llm_clients import LLMClient
 from tasks import Registry
 
-from ..config import JobsConfig, Settings
+from ..config import JobsConfig
 from ..spend import Spend
 from . import keys
 from .claims import Claims
@@ -387,52 +385,3 @@ async def _wait_or(tasks: list[asyncio.Task], stop: asyncio.Task, timeout: float
     everything = asyncio.ensure_future(asyncio.wait(tasks))
     await asyncio.wait([everything, stop], timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     everything.cancel()
-
-
-# ---- the CLI entry point ----
-
-async def _serve(settings: Settings) -> int:
-    from ..state import AppState
-
-    state = AppState.build(settings)
-    for client in state.backends.values():
-        try:
-            await client.start()
-        except Exception as exc:  # a backend that is down marks its rows, it does not stop the worker
-            log.warning("backend %s did not start: %s", client.name, exc)
-    store = JobStore.connect(settings.jobs.redis_url, settings.jobs)
-    # the backends' rpm/tpm, shared with the API, and the call cache
-    spend = Spend.open(settings, state.backends, store.redis)
-    assert settings.jobs.redis_url  # (run_worker checked)
-    worker = Worker(store, state.registry, state.backends, settings.jobs, spend=spend)
-    loop = asyncio.get_running_loop()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        worker.stop(now=signals > 1)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack, to stderr
-    try:
-        await worker.run()
-    finally:
-        await store.aclose()
-        for client in state.backends.values():
-            await client.aclose()
-    return 0
-
-
-def run_worker(settings: Settings) -> int:
-    if not settings.jobs.redis_url:
-        print("synthserve worker: needs [jobs] redis_url: a Redis server, or the private one of "
-              "`synthserve serve` (redis_url = \"unix://<its data_dir>/redis.sock\"), which also runs jobs itself",
-              file=sys.stderr)
-        return 2
-    try:
-        from uvloop import run
-    except ImportError:  # pragma: no cover
-        from asyncio import run  # type: ignore[assignment]
-    return run(_serve(settings))
