@@ -20,8 +20,8 @@ otherwise freeze or exhaust the process:
     recursion   calls (macros, recursive loops) nest at most MAX_CALL_DEPTH deep
 
 A thread cannot be killed, so these checks are what stops a runaway render: callers run
-renders off the event loop (app.routes.tasks, tasks.generation) and every failure is a
-TemplateError, which the request turns into a 422 naming the template.
+renders off the event loop (app.routes.tasks, tasks.generation, tasks.custom), and every
+failure is a TemplateError, which the request turns into a 422 naming the template.
 """
 
 from __future__ import annotations

@@ -65,7 +65,7 @@ async def run_task(name: str, body: TaskRequest, request: Request, state: StateD
     failed = sum(r["error"] is not None for r in ordered)
     state.metrics.count_rows(task.name, len(ordered), failed)
     return JSONBytes({"task": task.name, "rows": ordered, "failed": failed, "usage": run.usage.as_dict(),
-                         "seed": run.params.seed})
+                      "seed": run.params.seed})
 
 
 def _build_run(state, name: str, body: TaskRequest) -> tuple[Task, TaskRun]:
