@@ -46,6 +46,7 @@ from .runner import error_units as task_error_units
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
+    from ..spend import Spend
     from ..state import AppState
     from .store import JobStore
 
@@ -108,8 +109,10 @@ async def pipeline_job(state: AppState, req: JobRequest, owner: str | None) -> S
     def ready() -> Submission:
         plan = prepare.plan(state, prepare.definition(state, req.pipeline), req.seed)
         rows = prepare.rows_for(state, plan, req.rows)
-        return submission(plan, rows, include_raw=req.include_raw, owner=owner,
-                          chunk_units=state.settings.jobs.chunk_units)
+        sub = submission(plan, rows, include_raw=req.include_raw, owner=owner,
+                         chunk_units=state.settings.jobs.chunk_units)
+        sub.spec.cache, sub.spec.max_cost_usd = req.cache, req.max_cost_usd
+        return sub
 
     return await asyncio.to_thread(ready)
 
@@ -148,8 +151,16 @@ class PipelineJob:
 
     @classmethod
     def resolve(cls, job_id: str, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient],
-                redis: Redis, ttl_s: int) -> PipelineJob:
+                store: JobStore, spend: Spend | None) -> PipelineJob:
+        """Each step's clients: gated (later steps first), and with `spend` the job's cache
+        (its identical calls numbered per row and step: Executor enters the unit) and budget."""
         assert spec.pipeline is not None
+
+        def wrap(llm: LLMClient, k: int) -> Any:
+            if spend is None:
+                return GatedClient(llm, k)
+            return spend.job_client(GatedClient(llm, k), job_id, spec,  # type: ignore[arg-type]
+                                    lambda error: store.finish(job_id, JobStatus.CANCELLED, error))
 
         def backend_of(name: str | None) -> tuple[str, LLMClient]:
             client = backends.get(name or "")
@@ -161,9 +172,9 @@ class PipelineJob:
             plan = build(parse(spec.pipeline["definition"]), registry, backend_of, seed=spec.pipeline["seed"])
         except SynthserveError as exc:
             raise JobSetupError(f"the worker rejects the pipeline: {exc.detail}") from None
-        executor = Executor(plan, clients(plan, GatedClient), include_raw=spec.include_raw,
-                            dedup=DedupIndex(redis, job_id, ttl_s))
-        return cls(job_id, spec, executor, redis)
+        executor = Executor(plan, clients(plan, wrap), include_raw=spec.include_raw,
+                            dedup=DedupIndex(store.redis, job_id, store.config.result_ttl_s))
+        return cls(job_id, spec, executor, store.redis)
 
     async def run_unit(self, chunk: Chunk, unit: int, on_unit: OnUnit, checkpoint: Callable) -> None:
         saved = chunk.checkpoints.get(unit)
@@ -195,9 +206,7 @@ class PipelineJob:
                 for u in units]
 
 
-def resolve(job_id: str, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient],
-            store: JobStore) -> PipelineJob:
-    return PipelineJob.resolve(job_id, spec, registry, backends, store.redis, store.config.result_ttl_s)
+resolve = PipelineJob.resolve
 
 
 async def run_units(rt: Any, chunk: Chunk, todo: list[int], on_unit: OnUnit, on_checkpoint: OnCheckpoint,

@@ -310,15 +310,13 @@ class Worker:
         if spec is None:
             return None
         if spec.pipeline is not None:  # a pipeline job: its runtime is app.jobs.pipelines'
-            return self._remember(job_id, pipelines.resolve(job_id, spec, self.registry, self.backends, self.store))
+            return self._remember(job_id, pipelines.resolve(job_id, spec, self.registry, self.backends, self.store,
+                                                            self.spend))
         rt = JobRuntime.resolve(spec, self.registry, self.backends)
         if self.spend is not None:
             rt.llm = self.spend.job_client(  # type: ignore[assignment]
                 rt.llm, job_id, spec, lambda error: self.store.finish(job_id, JobStatus.CANCELLED, error))
-        self._runtimes[job_id] = rt
-        while len(self._runtimes) > RUNTIME_CACHE:
-            self._runtimes.popitem(last=False)
-        return rt
+        return self._remember(job_id, rt)
 
     def _remember(self, job_id: str, rt: Any) -> Any:
         self._runtimes[job_id] = rt

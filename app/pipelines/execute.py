@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from llm_clients import LLMClient, LLMError, Usage
+from llm_clients.cache import enter_unit
 from tasks import InputError, ParseError, RowContext, TaskRun
 from tasks.rendering import TemplateError
 
@@ -216,8 +217,9 @@ class Executor:
         client = self.clients[k][j]
         run = TaskRun(params=plan.params, llm=client, kwargs=call.kwargs, rows=[inp], model=call.model,
                       include_raw=self.include_raw)
-        ctx = RowContext(index=unit_index(row_id, plan.step.name), llm=client, kwargs=call.kwargs,
-                         seed=plan.params.seed, model=call.model)
+        index = unit_index(row_id, plan.step.name)
+        enter_unit(index)  # a job's call cache numbers identical calls per unit: here, per row and step
+        ctx = RowContext(index=index, llm=client, kwargs=call.kwargs, seed=plan.params.seed, model=call.model)
         result: Any
         try:
             result = await plan.task.run(ctx, inp, plan.params)

@@ -108,3 +108,25 @@ async def test_worker_killed_mid_pipeline_repeats_no_finished_step(mock, rds, re
     repeated = sum(c - 1 for c in asked.values())
     assert len(asked) == 3 * n and repeated <= limit
     assert (await mock.astats())["requests"] == 3 * n + repeated
+
+
+async def test_dedup_across_chunks_and_the_call_cache(mock):
+    from app.config import JobsConfig
+    from tests.service import fresh_data_dir
+    pipeline = {"steps": [{"name": "answer", "task": "text-generation"},
+                          {"name": "once", "dedup": {"column": "generation"}}]}
+    words = ["red", "blue", "red", "green", "blue", "red", "green", "gold"]
+    settings = mock_settings(mock.url, jobs=JobsConfig(data_dir=fresh_data_dir(), chunk_units=2))
+    async with serve(settings) as client:
+        kept = []
+        for _ in range(2):  # the same job twice: the second is answered from the call cache
+            job = (await client.post("/jobs", json={"pipeline": pipeline,
+                                                    "rows": [{"instruction": w} for w in words]})).json()
+            done = await wait_job(client, job["id"])
+            assert done["progress"]["completed"] == len(words)
+            assert done["progress"]["steps"]["once"]["filtered"] == len(words) - 4
+            got = await results(client, job["id"])
+            assert sorted(r["generation"] for r in got) == sorted(f"Echo: {w}" for w in set(words))
+            kept.append(got)
+    assert (await mock.astats())["requests"] == len(words)
+    assert all(r["metadata"]["cached_calls"] == 1 for r in kept[1])
