@@ -15,7 +15,7 @@ from tasks.streaming import Emit, produced
 
 from .. import sse
 from ..encoding import JSONBytes
-from ..deps import StateDep, wants_sse
+from ..deps import StateDep, TaskDep, wants_sse
 from ..errors import SynthserveError
 from ..schemas import TaskDetail, TaskList, TaskRequest, TaskResponse
 from ..spend import dry_run
@@ -34,8 +34,7 @@ async def list_tasks(state: StateDep) -> dict:
 
 
 @router.get("/tasks/{name}", response_model=TaskDetail)
-async def describe_task(name: str, state: StateDep) -> dict:
-    task = state.task(name)
+async def describe_task(task: TaskDep) -> dict:
     return {**task.info(), "params_schema": task.Params.model_json_schema()}
 
 
