@@ -33,6 +33,7 @@ from ..pipelines import prepare
 from ..pipelines.check import Plan, TaskPlan, build
 from ..pipelines.dedup import DedupIndex
 from ..pipelines.definition import parse
+from ..pipelines.estimate import estimate
 from ..pipelines.execute import Executor, Item, Outcome, all_or_none, empty_counts
 from ..pipelines.gate import GatedClient
 from ..pipelines.run import clients, sort_key
@@ -101,20 +102,22 @@ def stored_definition(plan: Plan) -> dict[str, Any]:
     return data
 
 
-async def pipeline_job(state: AppState, req: JobRequest, owner: str | None) -> Submission:
+async def pipeline_job(state: AppState, req: JobRequest, owner: str | None) -> Submission | dict[str, Any]:
     """POST /jobs with `pipeline`: checked exactly as POST /pipelines (every 4xx before
-    anything is queued), then planned."""
+    anything is queued), then planned; with `dry_run`, the estimate instead."""
     assert req.pipeline is not None
 
-    def ready() -> Submission:
+    def ready() -> tuple[Plan, list[dict[str, Any]]]:
         plan = prepare.plan(state, prepare.definition(state, req.pipeline), req.seed)
-        rows = prepare.rows_for(state, plan, req.rows)
-        sub = submission(plan, rows, include_raw=req.include_raw, owner=owner,
-                         chunk_units=state.settings.jobs.chunk_units)
-        sub.spec.cache, sub.spec.max_cost_usd = req.cache, req.max_cost_usd
-        return sub
+        return plan, prepare.rows_for(state, plan, req.rows)
 
-    return await asyncio.to_thread(ready)
+    plan, rows = await asyncio.to_thread(ready)
+    if req.dry_run:
+        return await estimate(plan, rows)
+    sub = submission(plan, rows, include_raw=req.include_raw, owner=owner,
+                         chunk_units=state.settings.jobs.chunk_units)
+    sub.spec.cache, sub.spec.max_cost_usd = req.cache, req.max_cost_usd
+    return sub
 
 
 # ---- running (a worker) ----

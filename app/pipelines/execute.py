@@ -112,11 +112,14 @@ class Executor:
     LLM, already wrapped by the caller: gated, cached, priced)."""
 
     def __init__(self, plan: Plan, clients: dict[int, list[LLMClient]], *, include_raw: bool,
-                 dedup: DedupIndex | None):
+                 dedup: DedupIndex | None, dry: bool = False):
         self.plan = plan
         self.clients = clients
         self.include_raw = include_raw
         self.dedup = dedup
+        # a dry run (app.pipelines.estimate): the answers are empty, so every row goes through
+        # every step (no filter, dedup or error stops it; an explode makes one row)
+        self.dry = dry
 
     async def walk(self, item: Item, stepped: Stepped, final: Final) -> None:
         """Run `item` to the end: `stepped(item, outcome)` after each step (awaited before
@@ -138,6 +141,8 @@ class Executor:
         plan = self.plan.steps[k]
         if isinstance(plan, TaskPlan):
             return await self._task(k, plan, item)
+        if self.dry and isinstance(plan, FilterPlan | DedupPlan):
+            return Outcome([_advanced(item, item.id, item.row)])
         if isinstance(plan, FilterPlan):
             try:
                 ok = await asyncio.to_thread(passes, plan.test, item.row)
@@ -179,7 +184,7 @@ class Executor:
             for out_name, col in plan.outputs.items():
                 row[col] = [r.get(out_name) for r in firsts]
             meta = _with_step(item.meta, name, [r["metadata"] for r in firsts])
-            failed = [(j, r["error"]) for j, r in enumerate(firsts) if r["error"] is not None]
+            failed = [(j, r["error"]) for j, r in enumerate(firsts) if r["error"] is not None and not self.dry]
             if failed:
                 j, error = failed[0]
                 message = f"llms[{j}] ({plan.calls[j].backend}): {error.get('message', '')}"
@@ -196,7 +201,7 @@ class Executor:
                     if extra not in inp and extra not in plan.outputs and extra not in ("metadata", "error"):
                         row[extra] = value
                 row_id = f"{item.id}.{j}" if plan.fans_out else item.id
-                error = None if r["error"] is None else {**r["error"], "step": name}
+                error = None if r["error"] is None or self.dry else {**r["error"], "step": name}
                 made.append((row_id, row, _with_step(item.meta, name, r["metadata"]), error))
         out: list[Item] = []
         for row_id, row, meta, error in made:
@@ -205,6 +210,8 @@ class Executor:
                 out.append(Item(row_id, row, k if error else k + 1, meta, error))
                 continue
             values = row.get(column)
+            if self.dry and not (isinstance(values, list) and values):
+                values = [""]  # an empty answer made no list: one row stands for the unknown fan-out
             if not isinstance(values, list):
                 out.append(Item(row_id, row, k, meta, {"type": "explode_error", "step": name, "message":
                                 f"explode: column {column!r} holds {type(values).__name__}, not a list"}))

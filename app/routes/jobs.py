@@ -15,6 +15,7 @@ from ..auth import PrincipalDep
 from ..deps import JobsDep, OwnedJobDep, StateDep
 from ..errors import InvalidInput, NotFound
 from ..jobs.models import Job, JobList, JobOut, JobRequest
+from ..encoding import JSONBytes
 from ..jobs.pipelines import pipeline_job, results_of
 from ..jobs.queue import plan
 from ..jobs.store import JobStore
@@ -40,7 +41,8 @@ async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: 
                      owner: PrincipalDep) -> dict[str, Any] | Response:
     request.state.task = body.task  # for the access log
     if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
-        return (await jobs.submit(await pipeline_job(state, body, owner))).public()
+        sub = await pipeline_job(state, body, owner)
+        return JSONBytes(sub) if isinstance(sub, dict) else (await jobs.submit(sub)).public()  # (dict: dry_run)
     task, run = state.prepare_run(body.task, body)
     if body.dry_run:
     assert body.task is not None  # (JobRequest: a task or a pipeline)

@@ -20,6 +20,7 @@ from ..errors import SynthserveError
 from ..pipelines import catalog, prepare
 from ..pipelines.check import DedupPlan, Plan
 from ..pipelines.dedup import DedupIndex
+from ..pipelines.estimate import estimate
 from ..pipelines.execute import Executor
 from ..pipelines.gate import GatedClient
 from ..pipelines.mermaid import mermaid
@@ -47,6 +48,9 @@ class PipelineRunRequest(BaseModel):
     seed: int | None = Field(None, ge=0, description="Seeds every step's random choices (a step's own params.seed wins); "
                                                     "drawn and returned when omitted.")
     cache: bool | Literal["refresh"] = Field(True, description="The LLM-call cache, as for /tasks.")
+    dry_run: bool = Field(False, description=(
+        "Answer an estimate `{calls, input_tokens, max_output_tokens, cost_usd}` instead; no call is made "
+        "(later calls counted with empty answers, an explode as one row)."))
 
 
 class InlinePipelineRequest(PipelineRunRequest):
@@ -87,6 +91,8 @@ async def _run(state, ref: str | dict[str, Any], body: PipelineRunRequest, reque
 
     plan, rows = await asyncio.to_thread(ready)
     request.state.task = f"pipeline:{plan.name}"  # for the access log
+    if body.dry_run:
+        return JSONBytes(await estimate(plan, rows))
     wrap = lambda llm, k: state.spend.admit(GatedClient(llm, k), body.cache)  # noqa: E731
     needs_index = any(isinstance(p, DedupPlan) for p in plan.steps)
     dedup = DedupIndex(state.jobs.redis, f"run-{secrets.token_hex(8)}", DEDUP_TTL_S) if needs_index else None

@@ -158,3 +158,23 @@ async def test_sse_rows_then_done(mock):
     assert events[-1]["event"] == "done"
     done = events[-1]["data"]
     assert done["rows"] == 5 and done["failed"] == 0 and done["steps"]["gen_b"]["rows_out"] == 5
+
+
+async def test_dry_run_counts_every_step_without_calling(mock):
+    pipeline = {"steps": [
+        {"name": "brainstorm", "task": "self-instruct", "params": {"num_instructions": 3},
+         "output_mappings": {"instructions": "instruction"}, "explode": "instruction"},
+        {"name": "answer", "task": "text-generation", "llm": {"generation_kwargs": {"max_new_tokens": 10}}},
+        {"name": "short", "filter": "generation | length < 5"},
+        {"name": "again", "task": "text-generation", "input_mappings": {"instruction": "generation"},
+         "llm": {"generation_kwargs": {"max_new_tokens": 20}}},
+    ]}
+    body = {"pipeline": pipeline, "rows": [{"input": "a"}, {"input": "b"}], "dry_run": True}
+    async with serve(mock_settings(mock.url)) as client:
+        estimate = (await client.post("/pipelines", json=body)).json()
+        as_job = await client.post("/jobs", json=body)
+        assert as_job.status_code == 200 and as_job.json() == estimate
+        assert (await client.get("/jobs")).json()["jobs"] == []
+    assert estimate["calls"] == 2 * 3 and estimate["input_tokens"] > 0
+    assert estimate["max_output_tokens"] == 2 * 256 + 2 * 10 + 2 * 20
+    assert (await mock.astats())["requests"] == 0
