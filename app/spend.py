@@ -83,8 +83,9 @@ class Spend:
 
 class JobBudget:
     """A job's `max_cost_usd`, shared by every worker running it: what its calls cost is
-    summed in Redis (INCRBYFLOAT) as they answer, and checked before each new call. Calls
-    already in flight when it is reached still finish (and count)."""
+    summed in Redis (INCRBYFLOAT) as they answer, and checked by each call once it holds its
+    backend slot, just before it goes out (limits.CALL_GATE). Reaching it cancels the job,
+    and with it the calls still in flight (paid, if the backend had answered them)."""
 
     def __init__(self, redis: Any, job_id: str, limit: float, cancel: Callable[[str], Awaitable[Any]], *,
                  ttl_s: int):

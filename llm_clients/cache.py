@@ -33,6 +33,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
+from .limits import CALL_GATE
 
 log = logging.getLogger("synthserve.cache")
 
@@ -248,8 +249,8 @@ class CachedClient:
             if completion.text:
                 on_delta(completion.text)
             return completion
-        await self._may_spend()
-        completion = await self._llm.stream_chat(messages, kwargs, model=model, on_delta=on_delta)
+        (completion,) = await self._gated(lambda: _one(
+            self._llm.stream_chat(messages, kwargs, model=model, on_delta=on_delta)))
         await self._priced([completion])
         await self._store(key, [completion])
         return completion
@@ -263,8 +264,7 @@ class CachedClient:
         key, stored = await self._find("embed", None, inputs, None, 1)
         if stored is not None:
             return json.loads(stored)["embeddings"]
-        await self._may_spend()
-        vectors = await self._llm.embed(inputs)
+        vectors = await self._gated(lambda: self._llm.embed(inputs))
         if self._cache is not None and key:
             await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
         return vectors
@@ -298,15 +298,20 @@ class CachedClient:
         key, stored = found
         if stored is not None:
             return _completions_of(stored)
-        await self._may_spend()
-        completions = await call()
+        completions = await self._gated(call)
         await self._priced(completions)
         await self._store(key, completions)
         return completions
 
-    async def _may_spend(self) -> None:
-        if self._budget is not None:
-            await self._budget.check()
+    async def _gated(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        """`call()`, each attempt of which checks the budget once it holds its slot."""
+        if self._budget is None:
+            return await call()
+        token = CALL_GATE.set(self._budget.check)
+        try:
+            return await call()
+        finally:
+            CALL_GATE.reset(token)
 
     async def _priced(self, completions: list[Completion]) -> None:
         per_in, per_out = self._prices

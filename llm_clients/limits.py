@@ -10,6 +10,7 @@ Providers translate their SDK's errors into TransientError (worth retrying) or L
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import re
 import time
@@ -92,6 +93,13 @@ def transient_status_error(status: int, text: str, headers: Mapping[str, str] | 
                           status=status, quota_reset=reset)
 
 
+# A check each attempt passes once it holds its slot, just before it goes out (a job's budget:
+# app.spend.JobBudget); set around a call by llm_clients.cache.CachedClient. It raises LLMError
+# to stop the call.
+CALL_GATE: contextvars.ContextVar[Callable[[], Awaitable[None]] | None] = contextvars.ContextVar(
+    "call_gate", default=None)
+
+
 class CallPolicy:
     """Shared by every call to one backend. A slot is held only while a request is in
     flight, not during backoff, so a backend that rate-limits us does not idle the slot.
@@ -147,6 +155,8 @@ class CallPolicy:
                 # an overload is judged by when the call got its slot, not when it began to wait
                 started = await self.slots.acquire()
                 try:
+                    if (gate := CALL_GATE.get()) is not None:
+                        await gate()
                     async with asyncio.timeout(self.timeout_s):
                         result = await attempt()
                 finally:

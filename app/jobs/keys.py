@@ -16,6 +16,7 @@ disagree.
     synthserve:job:{id}:events       stream   entry id "<seq>-0": {e: row, i: index} or
                                               {e: progress|done, SNAPSHOT fields}
     synthserve:job:{id}:checkpoints  hash     unit -> {step: answer} (JSON) of multi-call tasks
+    synthserve:job:{id}:inputs       hash     unit -> its input row (JSON), for POST /jobs/{id}/retry
     synthserve:wake:{process}        stream   wakes one API process's event reader (jobs/follow.py)
     synthserve:dedup:{scope}:{step}  hash     a pipeline dedup step's index: field -> the row id that
                                               claimed it (scope: a job id, or one request's token)
@@ -62,6 +63,8 @@ class Field(StrEnum):
     FAILED = "failed"
     INPUT_TOKENS = "input_tokens"
     OUTPUT_TOKENS = "output_tokens"
+    COST_USD = "cost_usd"              # what the stored rows' calls cost (llm_clients.cache prices them)
+    CACHED_CALLS = "cached_calls"      # their calls answered from the call cache
     ERROR = "error"
     SEED = "seed"
     PIPELINE = "pipeline"              # a pipeline job's name ("" for a task job: app.jobs.pipelines)
@@ -80,7 +83,7 @@ class Field(StrEnum):
 
 # What progress and done events carry: the fields of the job that change while it runs.
 SNAPSHOT = (Field.STATUS, Field.TOTAL, Field.COMPLETED, Field.FAILED, Field.INPUT_TOKENS, Field.OUTPUT_TOKENS,
-            Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR, Field.STEPS)
+            Field.COST_USD, Field.CACHED_CALLS, Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR, Field.STEPS)
 
 
 class Event(StrEnum):
@@ -123,6 +126,11 @@ def events(job_id: str) -> str:
 
 def checkpoints(job_id: str) -> str:
     return f"{job(job_id)}:checkpoints"
+
+
+def inputs(job_id: str) -> str:
+    """(the Lua of scripts.py names it as JOB .. ':inputs')"""
+    return f"{job(job_id)}:inputs"
 
 
 def wake(process: str) -> str:

@@ -76,10 +76,12 @@ class PipelineProgressOut(ProgressOut):
 
 
 class JobUsageOut(BaseModel):
-    """A job's usage: the tokens of its stored rows (no cost or cache counts: /tasks has those)."""
+    """A job's usage: that of its stored rows."""
 
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = Field(0.0, description="At the backend's prices; answers from the cache cost nothing.")
+    cached_calls: int = Field(0, description="Calls answered from the LLM-call cache.")
 
 
 class JobOut(BaseModel):
@@ -117,6 +119,8 @@ class JobSpec(BaseModel):
     has_rows: bool = True  # False for generators: no input rows travel with the chunks
     cache: bool | Literal["refresh"] = True  # the LLM-call cache (llm_clients.cache)
     max_cost_usd: float | None = None  # the budget of the job's calls (app.spend.JobBudget)
+    cache: bool | Literal["refresh"] = True  # the LLM-call cache (llm_clients.cache)
+    max_cost_usd: float | None = None  # the budget of the job's calls (app.spend.JobBudget)
 
     @property
     def whole(self) -> bool:
@@ -137,6 +141,8 @@ class Job:
     failed: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
+    cost_usd: float = 0.0
+    cached_calls: int = 0
     error: str | None = None
     seed: int | None = None
     pipeline: str | None = None
@@ -149,7 +155,8 @@ class Job:
         return {"id": self.id, "task": self.task or None, "pipeline": self.pipeline, "status": str(self.status),
                 "created_at": self.created_at, "started_at": self.started_at, "finished_at": self.finished_at,
                 "progress": progress,
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens},
+                "usage": {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens,
+                          "cost_usd": round(self.cost_usd, 9), "cached_calls": self.cached_calls},
                 "error": self.error, "seed": self.seed}
 
     @property
@@ -164,6 +171,7 @@ class Job:
                 F.FINISHED_AT: self.finished_at or "", F.TOTAL: str(self.total),
                 F.COMPLETED: str(self.completed), F.FAILED: str(self.failed),
                 F.INPUT_TOKENS: str(self.input_tokens), F.OUTPUT_TOKENS: str(self.output_tokens),
+                F.COST_USD: repr(self.cost_usd), F.CACHED_CALLS: str(self.cached_calls),
                 F.ERROR: self.error or "", F.SEED: "" if self.seed is None else str(self.seed),
                 F.PIPELINE: self.pipeline or "", F.STEPS: "" if self.steps is None else json.dumps(self.steps)}
 
@@ -180,6 +188,7 @@ class Job:
             self, status=JobStatus(f.get(F.STATUS) or self.status), total=int(f.get(F.TOTAL) or self.total),
             completed=int(f.get(F.COMPLETED) or 0), failed=int(f.get(F.FAILED) or 0),
             input_tokens=int(f.get(F.INPUT_TOKENS) or 0), output_tokens=int(f.get(F.OUTPUT_TOKENS) or 0),
+            cost_usd=float(f.get(F.COST_USD) or 0), cached_calls=int(f.get(F.CACHED_CALLS) or 0),
             started_at=f.get(F.STARTED_AT) or None, finished_at=f.get(F.FINISHED_AT) or None,
             error=f.get(F.ERROR) or None, steps=json.loads(f[F.STEPS]) if f.get(F.STEPS) else self.steps)
 
@@ -192,6 +201,8 @@ class UnitResult:
     unit: int
     rows: list[tuple[int | None, dict[str, Any]]]
     usage: tuple[int, int] = (0, 0)  # (input, output) tokens of the unit's calls
+    cost_usd: float = 0.0  # what they cost
+    cached_calls: int = 0  # of them answered from the call cache
 
 
 @dataclass(slots=True)

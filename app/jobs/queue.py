@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -61,6 +62,13 @@ def plan(task: Task, run: TaskRun, req: JobRequest, *, owner: str | None, backen
     return Submission(job, spec, list(req.rows), chunks, time.time_ns() // 1000)
 
 
+def keep_inputs(pipe: Any, job_id: str, units: Iterable[int], rows: list[dict[str, Any]]) -> None:
+    """The job's input rows by unit, for POST /jobs/{id}/retry (app.jobs.retry): the queue
+    entries that carry them are deleted once done."""
+    pipe.hset(keys.inputs(job_id), mapping={u: json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+                                            for u, row in zip(units, rows)})
+
+
 def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> dict[str, str]:
     """One queue entry: a chunk of a job's units, with their input rows when the task takes
     rows (they travel with the chunk: a worker reads both at once)."""
@@ -84,6 +92,8 @@ async def enqueue(redis: Redis, sub: Submission, *, result_ttl_s: int) -> None:
         pipe.zadd(keys.owner_index(job.owner), {job.id: sub.created_us})
         for units in sub.chunks:
             pipe.xadd(QUEUE, chunk_entry(job.id, units, [sub.rows[u] for u in units] if spec.has_rows else None))
+        if spec.has_rows and sub.chunks:
+            keep_inputs(pipe, job.id, range(len(sub.rows)), sub.rows)
         if job.finished:
             pipe.expire(keys.job(job.id), result_ttl_s)
             pipe.expire(keys.events(job.id), result_ttl_s)

@@ -111,12 +111,15 @@ async def _stream(rt: JobRuntime, chunk: Chunk, todo: list[int], on_unit: OnUnit
         # is the fallback; it cannot tell apart units that finish together.
         nonlocal seen
         spent = (run.usage.input_tokens - seen.input_tokens, run.usage.output_tokens - seen.output_tokens)
+        cost, cached = run.usage.cost_usd - seen.cost_usd, run.usage.cached_calls - seen.cached_calls
         seen = run.usage
         reported = [row.get("metadata", {}).get("usage") for _, row in rows]
         if rows and all(isinstance(u, dict) for u in reported):
             counted = reported if rt.spec.whole else reported[:1]
             spent = (sum(u.get("input_tokens", 0) for u in counted), sum(u.get("output_tokens", 0) for u in counted))
-        return UnitResult(unit, rows, spent)
+            cost = sum(u.get("cost_usd", 0.0) for u in counted)
+            cached = sum(u.get("cached_calls", 0) for u in counted)
+        return UnitResult(unit, rows, spent, cost, cached)
 
     pending: dict[int, list[tuple[int | None, dict[str, Any]]]] = {}
     async for index, row in rt.task.stream(run):

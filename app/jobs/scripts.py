@@ -48,7 +48,7 @@ local function finish(status, now_iso, ttl, err)
   if err then redis.call('HSET', JOB, F.error, err) end
   emit(E.done)
   redis.call('DEL', UNITS, CKPT)
-  for _, key in ipairs({JOB, RESULTS, EVENTS}) do redis.call('EXPIRE', key, ttl) end
+  for _, key in ipairs({JOB, RESULTS, EVENTS, JOB .. ':inputs'}) do redis.call('EXPIRE', key, ttl) end
 end
 """
 
@@ -67,7 +67,7 @@ return status
 # KEYS[6] = the queue. ARGV: entry ('' = none), ack ('1'), now_ms, now_iso, ttl, group,
 # drop checkpoints ('1'), n units, and the units as one blob (one argument, not five per
 # row: redis-py packs each argument in Python):
-#   "<unit> <k> <input_tokens> <output_tokens>\n" then k times
+#   "<unit> <k> <input_tokens> <output_tokens> <cost_usd> <cached_calls>\n" then k times
 #   "<index or -> <failed 0|1> <bytes>\n<row JSON>"       (index "-" = the next free one)
 # A unit stored before (by a worker that was thought dead) counts nothing: the job's usage
 # is that of its stored rows. -> the job's status after ('' when it is gone)
@@ -89,12 +89,15 @@ local drop, blob, pos, done = ARGV[7] == '1', ARGV[9], 1, 0
 -- a pipeline job counts units (input rows whose tree is done) as completed, and rows with an error as failed
 local trees = (redis.call('HGET', JOB, F.pipeline) or '') ~= ''
 for _ = 1, tonumber(ARGV[8]) do
-  local _, stop, unit, k, tokens_in, tokens_out = string.find(blob, '^(%d+) (%d+) (%d+) (%d+)\\n', pos)
+  local _, stop, unit, k, tokens_in, tokens_out, cost, cached =
+    string.find(blob, '^(%d+) (%d+) (%d+) (%d+) (%S+) (%d+)\\n', pos)
   pos = stop + 1
   local fresh = redis.call('HSETNX', UNITS, unit, k) == 1
   if fresh then
     redis.call('HINCRBY', JOB, F.input_tokens, tokens_in)
     redis.call('HINCRBY', JOB, F.output_tokens, tokens_out)
+    redis.call('HINCRBYFLOAT', JOB, F.cost_usd, cost)
+    redis.call('HINCRBY', JOB, F.cached_calls, cached)
   end
   for _ = 1, tonumber(k) do
     local _, head, index, failed, size = string.find(blob, '^(%S+) (%d) (%d+)\\n', pos)

@@ -64,7 +64,7 @@ def pack_units(units: Sequence[UnitResult]) -> bytes:
     """The SAVE script's blob (scripts.py): rows framed by their byte length."""
     parts = []
     for u in units:
-        parts.append(f"{u.unit} {len(u.rows)} {u.usage[0]} {u.usage[1]}\n".encode())
+        parts.append(f"{u.unit} {len(u.rows)} {u.usage[0]} {u.usage[1]} {u.cost_usd:.12f} {u.cached_calls}\n".encode())
         for index, row in u.rows:
             data = dumps(row).encode()
             failed = "0" if row.get("error") is None else "1"
@@ -143,7 +143,7 @@ class JobStore:
 
     async def delete(self, job: Job) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(*keys.job_keys(job.id))
+            pipe.delete(*keys.job_keys(job.id), keys.inputs(job.id))
             pipe.zrem(keys.owner_index(job.owner), job.id)
             pipe.publish(keys.CANCEL_CHANNEL, job.id)
             await pipe.execute()

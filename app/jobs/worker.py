@@ -202,6 +202,9 @@ class Worker:
         if entry in self._in_flight:  # ours, still running: a stalled loop let it go idle
             return
         job_id = fields.get("job", "")
+        if fields.get("retry"):  # POST /jobs/{id}/retry (app.jobs.retry): forget that it ended, and its spec
+            self._closed.pop(job_id, None)
+            self._runtimes.pop(job_id, None)
         units = [int(u) for u in fields.get("units", "").split(",") if u]
         rows = dict(zip(units, json.loads(fields["rows"]))) if fields.get("rows") else {}
         flight = InFlight(entry, job_id, units, rows, unfinished=len(units))

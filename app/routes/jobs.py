@@ -18,6 +18,8 @@ from ..jobs.models import Job, JobList, JobOut, JobRequest
 from ..encoding import JSONBytes
 from ..jobs.pipelines import pipeline_job, results_of
 from ..jobs.queue import plan
+from ..jobs import retry
+from ..jobs.retry import RetryRequest
 from ..jobs.store import JobStore
 from ..spend import dry_run
 
@@ -94,6 +96,27 @@ async def cancel_job(job: OwnedJobDep, jobs: JobsDep) -> dict[str, Any]:
     if cancelled is None:  # deleted meanwhile
         raise NotFound(f"unknown job {job.id!r}")
     return cancelled.public()
+
+
+@router.post("/jobs/{job_id}/retry", response_model=JobOut,
+             responses={**NOT_FOUND, 422: {"description": "the job still runs, or its task cannot be retried"},
+                        **UNAVAILABLE})
+async def retry_job(job: OwnedJobDep, jobs: JobsDep, state: StateDep,
+                    body: RetryRequest | None = None) -> dict[str, Any]:
+    """Run again every row with an `error` or no result, under the same id (app.jobs.retry)."""
+    status = await retry.retry_job(jobs, job.id, max_cost_usd=body.max_cost_usd if body else None,
+                                   chunk_units=state.settings.jobs.chunk_units)
+    if status == "gone":
+        raise NotFound(f"unknown job {job.id!r}")
+    if status == "active":
+        raise InvalidInput(f"job {job.id!r} is still {job.status}: retry it once it has ended (or cancel it)")
+    if status == "unsupported":
+        raise InvalidInput(f"task {job.task!r} makes a varying number of rows per unit, or runs over the whole "
+                           "job: its jobs cannot be retried row by row; submit it again (the cache keeps what was paid)")
+    retried = await jobs.get(job.id)
+    if retried is None:
+        raise NotFound(f"unknown job {job.id!r}")
+    return retried.public()
 
 
 @router.delete("/jobs/{job_id}", status_code=204, response_class=Response, responses={**NOT_FOUND, **UNAVAILABLE})

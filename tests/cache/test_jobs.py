@@ -87,3 +87,60 @@ async def test_max_cost_usd_stops_new_calls_and_cancels_the_job(mock):
         job = await submit(client, max_cost_usd=20)
     assert job["status"] == "cancelled" and "max_cost_usd" in job["error"]
     assert mock.stats()["requests"] < len(ROWS)
+
+
+async def test_a_jobs_usage_has_its_cost_and_cached_calls(mock):
+    async with serve(settings(mock, price_input_per_mtok=1.0, price_output_per_mtok=2.0)) as client:
+        first = await submit(client)
+        again = await submit(client)
+        rows = await results(client, first["id"])
+    usage = first["usage"]
+    paid = sum(r["metadata"]["usage"]["cost_usd"] for r in rows)
+    assert usage["cost_usd"] == pytest.approx(paid) and paid > 0
+    assert usage["cost_usd"] == pytest.approx((usage["input_tokens"] + 2 * usage["output_tokens"]) / 1e6)
+    assert usage["cached_calls"] == 0
+    assert again["usage"]["cached_calls"] == len(ROWS) and again["usage"]["cost_usd"] == 0
+    assert again["usage"]["input_tokens"] == usage["input_tokens"]
+
+
+async def test_retry_reruns_only_the_failed_rows_in_place(mock):
+    mock.script([{"match": "take 3", "status": 500}, {"match": "take 7", "status": 500}])
+    async with serve(settings(mock)) as client:
+        job = await submit(client)
+        assert job["status"] == "completed" and job["progress"]["failed"] == 2
+        mock.script([])
+        before = mock.stats()["requests"]
+        r = await client.post(f"/jobs/{job['id']}/retry")
+        assert r.status_code == 200 and r.json()["id"] == job["id"]
+        again = await finished(client, job["id"])
+        rows = await results(client, job["id"])
+    assert again["status"] == "completed" and again["progress"] == {**job["progress"], "completed": 20, "failed": 0}
+    assert mock.stats()["requests"] - before == 2  # only the two failed rows were called again
+    assert [r["index"] for r in rows] == list(range(20)) and all(r["error"] is None for r in rows)
+    assert rows[3]["generation"] == "Echo: name a fruit, take 3"
+
+
+async def test_retry_with_a_new_budget_goes_on(mock):
+    mock.configure(latency_ms=20)
+    async with serve(settings(mock, max_concurrency=2, price_input_per_mtok=1e6)) as client:
+        job = await submit(client, max_cost_usd=20)
+        assert job["status"] == "cancelled"
+        paid = mock.stats()["requests"]
+        r = await client.post(f"/jobs/{job['id']}/retry", json={"max_cost_usd": 10_000})
+        assert r.status_code == 200
+        done = await finished(client, job["id"])
+        rows = await results(client, job["id"])
+    assert done["status"] == "completed" and done["error"] is None
+    assert [r["index"] for r in rows] == list(range(20)) and all(r["error"] is None for r in rows)
+    # rows stored before the stop are not run again; a call in flight at the stop is cancelled with the
+    # job (max_concurrency 2): if the backend had answered it, it is paid again
+    assert paid < len(ROWS) and len(ROWS) <= mock.stats()["requests"] <= len(ROWS) + 2
+
+
+async def test_retry_of_a_running_job_is_refused(mock):
+    mock.configure(latency_ms=300)
+    async with serve(settings(mock, max_concurrency=1)) as client:
+        r = await client.post("/jobs", json={"task": "text-generation", "rows": ROWS})
+        refused = await client.post(f"/jobs/{r.json()['id']}/retry")
+        await client.post(f"/jobs/{r.json()['id']}/cancel")
+    assert refused.status_code == 422 and "still" in refused.json()["detail"]

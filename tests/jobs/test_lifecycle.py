@@ -20,7 +20,7 @@ async def run_lifecycle(client, mock, n: int = 20) -> None:
     assert job["id"].startswith("job_")
     assert job["status"] == "queued"
     assert job["progress"] == {"total": n, "completed": 0, "failed": 0}
-    assert job["usage"] == {"input_tokens": 0, "output_tokens": 0}
+    assert job["usage"] == {"input_tokens": 0, "output_tokens": 0, "cost_usd": 0.0, "cached_calls": 0}
     assert job["started_at"] is None and job["finished_at"] is None and job["error"] is None
 
     running = await wait_job(client, job["id"], statuses=("running", "completed"))
