@@ -182,7 +182,6 @@ async def _enqueue(state, jobs, req: JobRequest, f: BinaryIO, name: str, total: 
                     part = rows[start:start + size]
                     pipe.xadd(QUEUE, chunk_entry(job.id, list(range(offset + start, offset + start + len(part))), part))
                 keep_inputs(pipe, job.id, range(offset, offset + len(rows)), rows)
-                keep_inputs(pipe, job.id, range(offset, offset + len(rows)), rows)
                 await pipe.execute()
         offset += len(rows)
     return job

@@ -45,9 +45,9 @@ async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: 
     if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
         sub = await pipeline_job(state, body, owner)
         return JSONBytes(sub) if isinstance(sub, dict) else (await jobs.submit(sub)).public()  # (dict: dry_run)
+    assert body.task is not None  # (JobRequest: a task or a pipeline)
     task, run = state.prepare_run(body.task, body)
     if body.dry_run:
-    assert body.task is not None  # (JobRequest: a task or a pipeline)
         return await dry_run(task, run)
     backend, _ = state.backend(body.llm.backend)
     sub = plan(task, run, body, owner=owner, backend=backend, chunk_units=state.settings.jobs.chunk_units)
