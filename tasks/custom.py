@@ -17,7 +17,6 @@ with an error naming it.
 
 from __future__ import annotations
 
-import asyncio
 import random
 import re
 import tomllib
@@ -31,7 +30,7 @@ from llm_clients.base import Message
 
 from .base import InputError, ParseError, RowContext, RowError, Task, TaskParams
 from .parsing import json_object, pick_keys
-from .rendering import TemplateError, compile_user_template, render_user_template
+from .rendering import TemplateError, compile_user_template, off_loop, render_user_template
 from .structured import StructuredOutputParams, structured_answer
 
 __all__ = ["CustomTaskError", "FileTask", "load_dir", "load_file"]
@@ -145,7 +144,7 @@ class FileTask(Task):
         if params.structured_output is not None:  # type: ignore[attr-defined]
             ctx.kwargs = ctx.kwargs.with_json_schema(params.structured_output.json_schema)  # type: ignore[attr-defined]
         # the template renders within rendering's limits (up to a second): off the event loop
-        answer = await ctx.chat(await asyncio.to_thread(self.format, row, params, ctx.rng()))
+        answer = await ctx.chat(await off_loop(self.format, row, params, ctx.rng()))
         return self.parse(answer, row, params)
 
     def parse(self, answer: str, row: dict[str, Any], params: TaskParams) -> dict[str, Any]:

@@ -3,7 +3,6 @@ generations out."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 from typing import Any
 
@@ -12,7 +11,7 @@ from pydantic import Field, field_validator
 from llm_clients.base import Message
 
 from .base import InputError, ParseError, RowContext, RowError, Task
-from .rendering import TemplateError, compile_user_template, render_user_template
+from .rendering import TemplateError, compile_user_template, off_loop, render_user_template
 from .structured import StructuredOutputParams, structured_answer
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -114,7 +113,7 @@ class TextGeneration(_Generation):
         if params.template == DEFAULT_TEMPLATE:
             return await self.generate(ctx, self.format(row, params, ctx.rng()), params)
         # a user template may render for up to rendering.RENDER_TIMEOUT_S: off the event loop
-        return await self.generate(ctx, await asyncio.to_thread(self.format, row, params, ctx.rng()), params)
+        return await self.generate(ctx, await off_loop(self.format, row, params, ctx.rng()), params)
 
 
 class ChatGeneration(_Generation):

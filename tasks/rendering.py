@@ -19,17 +19,22 @@ otherwise freeze or exhaust the process:
                 also keeps Jinja from folding `9**(9**8)` at compile time
     recursion   calls (macros, recursive loops) nest at most MAX_CALL_DEPTH deep
 
-A thread cannot be killed, so these checks are what stops a runaway render: callers run
-renders off the event loop (app.routes.tasks, tasks.generation, tasks.custom), and every
-failure is a TemplateError, which the request turns into a 422 naming the template.
+A thread cannot be killed, so these checks are what stops a runaway render. Callers run
+renders off the event loop with `off_loop`, on RENDER_THREADS threads of their own, so a
+template running to its limits holds one of those and never a thread that other requests'
+validation waits for (app.routes.tasks, tasks.generation, tasks.custom). Every failure is a
+TemplateError, which the request turns into a 422 naming the template.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
 from functools import lru_cache
@@ -50,6 +55,7 @@ MAX_CHARS = 4_000_000  # output, and any string or list built while rendering
 MAX_INT_BITS = 64 * 1024
 MAX_CALL_DEPTH = 64
 YIELD_EVERY_S = 0.001
+RENDER_THREADS = 2
 _WIDE_PRINTF = re.compile(r"%[^%a-zA-Z]*?(?:\d{7,}|\*)")  # a width or precision of a million or more
 _WIDE_FORMAT = re.compile(r"\{[^{}]*:[^{}]*(?:\d{7,}|\{)")  # likewise for str.format, or a nested spec
 
@@ -305,6 +311,18 @@ class GuardedEnvironment(ImmutableSandboxedEnvironment):
             return _sized(super().call(__context, __obj, *args, **kwargs))
         finally:
             budget.depth -= 1
+
+
+@lru_cache(maxsize=1)
+def _render_threads() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="synthserve-render")
+
+
+async def off_loop(func: Callable[..., Any], *args: Any) -> Any:
+    """`func(*args)` (user-template work: compiling, validating, rendering) on the render
+    threads, with the caller's context (its request budget, its request id)."""
+    context = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(_render_threads(), context.run, func, *args)
 
 
 @lru_cache(maxsize=1)

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from tasks import Task, TaskRun
-from tasks.rendering import request_budget
+from tasks.rendering import off_loop, request_budget
 from tasks.streaming import Emit, produced
 
 from .. import sse
@@ -43,8 +43,10 @@ async def describe_task(task: TaskDep) -> dict:
                         404: {"description": "unknown task"}, 413: {"description": "too many rows"},
                         422: {"description": "invalid body, params, rows or backend"}})
 async def run_task(name: str, body: TaskRequest, request: Request, state: StateDep):
-    # off the event loop: validation compiles and renders user templates, row by row
-    task, run = await asyncio.to_thread(_build_run, state, name, body)
+    # off the event loop: validation compiles and renders user templates, row by row, and
+    # that work has threads of its own (tasks.rendering), so it never holds up the others'
+    templated = "template" in body.params or hasattr(state.task(name), "template")  # a task file's
+    task, run = await (off_loop if templated else asyncio.to_thread)(_build_run, state, name, body)
     if body.dry_run:
         return await dry_run(task, run)
     run.llm = state.spend.admit(run.llm, body.cache)  # cached (as the request says) and priced
