@@ -197,9 +197,9 @@ class Executor:
                 row = dict(item.row)
                 for out_name, col in plan.outputs.items():
                     row[col] = r.get(out_name)
-                for extra, value in r.items():  # outputs a task added beyond those it declares
+                for extra, made_value in r.items():  # outputs a task added beyond those it declares
                     if extra not in inp and extra not in plan.outputs and extra not in ("metadata", "error"):
-                        row[extra] = value
+                        row[extra] = made_value
                 row_id = f"{item.id}.{j}" if plan.fans_out else item.id
                 error = None if r["error"] is None or self.dry else {**r["error"], "step": name}
                 made.append((row_id, row, _with_step(item.meta, name, r["metadata"]), error))

@@ -1,6 +1,7 @@
-"""One request's run: every input row's tree through the executor, at most `window` trees
-at once (the backends' gates keep them full and let later steps go first), final rows
-handed out as they finish, counters per step kept as rows leave each step."""
+"""One request's run: every input row's tree through the executor, `window` lanes each
+taking the next input row when its last one is done (the backends' gates keep the
+backends full and let later steps go first), final rows handed out as they finish,
+counters per step kept as rows leave each step."""
 
 from __future__ import annotations
 
@@ -28,9 +29,13 @@ def clients(plan: Plan, wrap: Callable[[LLMClient, int], LLMClient]) -> dict[int
 
 
 def window(plan: Plan) -> int:
-    """Input rows in flight: twice the widest backend, so that every slot has a row waiting."""
+    """Input rows in flight: the widest backend's limit and a quarter more. The quarter keeps
+    its slots busy while rows move between calls; many more would take the slots that rows
+    finishing a step free, before those rows ask for their next step (the gate can only
+    prefer a call that is already waiting), and the first final rows would come late."""
     limits = [call.llm.policy.max_concurrency for p in plan.steps if isinstance(p, TaskPlan) for call in p.calls]
-    return max(MIN_WINDOW, 2 * max(limits, default=MIN_WINDOW))
+    widest = max(limits, default=MIN_WINDOW)
+    return max(MIN_WINDOW, widest + widest // 4)
 
 
 class PipelineRun:
@@ -45,7 +50,7 @@ class PipelineRun:
     async def stream(self) -> AsyncIterator[dict[str, Any]]:
         """Final rows as they finish. Cancelling the iteration cancels every pending call."""
         queue: asyncio.Queue[Any] = asyncio.Queue()
-        gate = asyncio.Semaphore(window(self.executor.plan))
+        todo = iter(enumerate(self.rows))  # shared by the lanes: each takes the next row when it is free
 
         async def stepped(item: Item, outcome: Outcome) -> None:
             counts = outcome.counts()
@@ -59,13 +64,13 @@ class PipelineRun:
             self.failed += item.error is not None
             queue.put_nowait(item.final())
 
-        async def tree(i: int, row: dict[str, Any]) -> None:
-            async with gate:
+        async def lane() -> None:
+            for i, row in todo:
                 await self.executor.walk(Item(str(i), row), stepped, final)
 
         async def everything() -> None:
             try:
-                await all_or_none(tree(i, row) for i, row in enumerate(self.rows))
+                await all_or_none(lane() for _ in range(min(window(self.executor.plan), len(self.rows))))
                 queue.put_nowait(_END)
             except Exception as exc:  # a bug, not a row failure: fail the request, don't hang it
                 queue.put_nowait(exc)
