@@ -45,7 +45,7 @@ def test_live_bar_then_detach_and_reattach(service, mock, tmp_path):
     child.expect(r"job (job_\w+) submitted")
     job_id = child.match.group(1)
     # the bar: the job id, a bar drawn with box characters, counts, the rate and the ETA
-    child.expect(rf"job_\w+{A} {A}{BAR}\d+%{A} {A} *(\d+)/40{A} \d+ failed · \d+ tokens · [\d.]+ rows/s · ETA")
+    child.expect(rf"job_\w+{A} {A}{BAR}\d+%{A} {A} *(\d+)/40{A} \d+ failed · \d+ tokens(?: · \$[\d.]+)? · [\d.]+ rows/s · ETA")
     assert int(child.match.group(1)) < 40
     child.sendintr()  # Ctrl-C
     child.expect("keeps running on the server")

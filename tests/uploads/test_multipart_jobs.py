@@ -77,7 +77,7 @@ async def test_several_rows_per_input_and_the_seed_are_kept_across_batches(servi
     ("rows.csv", b"prompt\nno instruction here\n", JOB, "rows.csv line 2: instruction: missing column 'instruction'"),
     ("rows.jsonl", b"".join(b'{"instruction": "ok"}\n' for _ in range(1500)) + b'{"instruction": 3}\n', JOB,
      "rows.jsonl line 1501: instruction"),
-    ("rows.jsonl", b'{"instruction": "a"}\n', '{"params": {}}', "job.task"),
+    ("rows.jsonl", b'{"instruction": "a"}\n', '{"params": {}}', "task"),  # the job part names no task
     ("rows.jsonl", b'{"instruction": "a"}\n', '{"task": "text-generation", "rows": []}', "job.rows"),
     ("rows.jsonl", b'{"instruction": "a"}\n', "[1]", "job: expected a JSON object"),
     ("rows.jsonl", b"", JOB, "rows.jsonl holds no rows"),
