@@ -35,8 +35,7 @@ from ..pipelines.dedup import DedupIndex
 from ..pipelines.definition import parse
 from ..pipelines.estimate import estimate
 from ..pipelines.execute import Executor, Item, Outcome, all_or_none, empty_counts
-from ..pipelines.gate import GatedClient
-from ..pipelines.run import clients, sort_key
+from ..pipelines.run import clients, gated, sort_key
 from . import keys
 from .keys import LUA_NAMES, JobStatus
 from .models import Chunk, Job, JobRequest, JobSpec, UnitResult, new_job_id, now_iso
@@ -159,11 +158,10 @@ class PipelineJob:
         (its identical calls numbered per row and step: Executor enters the unit) and budget."""
         assert spec.pipeline is not None
 
-        def wrap(llm: LLMClient, k: int) -> Any:
+        def client_of(llm: LLMClient) -> Any:
             if spend is None:
-                return GatedClient(llm, k)
-            return spend.job_client(GatedClient(llm, k), job_id, spec,  # type: ignore[arg-type]
-                                    lambda error: store.finish(job_id, JobStatus.CANCELLED, error))
+                return llm
+            return spend.job_client(llm, job_id, spec, lambda error: store.finish(job_id, JobStatus.CANCELLED, error))
 
         def backend_of(name: str | None) -> tuple[str, LLMClient]:
             client = backends.get(name or "")
@@ -175,7 +173,7 @@ class PipelineJob:
             plan = build(parse(spec.pipeline["definition"]), registry, backend_of, seed=spec.pipeline["seed"])
         except SynthserveError as exc:
             raise JobSetupError(f"the worker rejects the pipeline: {exc.detail}") from None
-        executor = Executor(plan, clients(plan, wrap), include_raw=spec.include_raw,
+        executor = Executor(plan, clients(plan, gated(client_of)), include_raw=spec.include_raw,
                             dedup=DedupIndex(store.redis, job_id, store.config.result_ttl_s))
         return cls(job_id, spec, executor, store.redis)
 

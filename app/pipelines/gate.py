@@ -68,12 +68,13 @@ def gate_of(llm: LLMClient) -> PriorityGate:
 
 
 class GatedClient:
-    """`llm` whose calls pass its gate at `priority` (the step's position); everything else
-    is the wrapped client's."""
+    """`llm` (a backend's client, or a request's or job's CachedClient on it) whose calls
+    pass the backend's gate at `priority` (the step's position); everything else is the
+    wrapped client's."""
 
-    def __init__(self, llm: LLMClient, priority: int):
+    def __init__(self, llm: Any, priority: int, backend: LLMClient):
         self._llm = llm
-        self._gate = gate_of(llm)
+        self._gate = gate_of(backend)
         self._priority = priority
 
     def __getattr__(self, name: str) -> Any:

@@ -13,6 +13,7 @@ from llm_clients import LLMClient, Usage
 
 from .check import Plan, TaskPlan
 from .execute import Executor, Item, Outcome, add_counts, all_or_none, empty_counts
+from .gate import GatedClient
 
 MIN_WINDOW = 8
 _END = object()
@@ -26,6 +27,20 @@ def sort_key(row_id: str) -> tuple[int, ...]:
 def clients(plan: Plan, wrap: Callable[[LLMClient, int], LLMClient]) -> dict[int, list[LLMClient]]:
     """Each task step's clients: `wrap(backend client, step position)`."""
     return {k: [wrap(call.llm, k) for call in p.calls] for k, p in enumerate(plan.steps) if isinstance(p, TaskPlan)}
+
+
+def gated(client_of: Callable[[LLMClient], Any]) -> Callable[[LLMClient, int], Any]:
+    """A `wrap` for `clients`: one client per backend for the whole run (`client_of(backend)`:
+    a request's or job's CachedClient, whose numbering of identical calls then spans every
+    step), behind the backend's gate at each step's priority."""
+    made: dict[int, Any] = {}
+
+    def wrap(llm: LLMClient, k: int) -> Any:
+        if id(llm) not in made:
+            made[id(llm)] = client_of(llm)
+        return GatedClient(made[id(llm)], k, llm)
+
+    return wrap
 
 
 def window(plan: Plan) -> int:

@@ -22,9 +22,8 @@ from ..pipelines.check import DedupPlan, Plan
 from ..pipelines.dedup import DedupIndex
 from ..pipelines.estimate import estimate
 from ..pipelines.execute import Executor
-from ..pipelines.gate import GatedClient
 from ..pipelines.mermaid import mermaid
-from ..pipelines.run import PipelineRun, clients, sort_key
+from ..pipelines.run import PipelineRun, clients, gated, sort_key
 from .tasks import _ended_early, until_done
 
 router = APIRouter(tags=["pipelines"])
@@ -93,7 +92,7 @@ async def _run(state, ref: str | dict[str, Any], body: PipelineRunRequest, reque
     request.state.task = f"pipeline:{plan.name}"  # for the access log
     if body.dry_run:
         return JSONBytes(await estimate(plan, rows))
-    wrap = lambda llm, k: state.spend.admit(GatedClient(llm, k), body.cache)  # noqa: E731
+    wrap = gated(lambda llm: state.spend.admit(llm, body.cache))
     needs_index = any(isinstance(p, DedupPlan) for p in plan.steps)
     dedup = DedupIndex(state.jobs.redis, f"run-{secrets.token_hex(8)}", DEDUP_TTL_S) if needs_index else None
     run = PipelineRun(Executor(plan, clients(plan, wrap), include_raw=body.include_raw, dedup=dedup), rows)

@@ -178,3 +178,33 @@ async def test_dry_run_counts_every_step_without_calling(mock):
     assert estimate["calls"] == 2 * 3 and estimate["input_tokens"] > 0
     assert estimate["max_output_tokens"] == 2 * 256 + 2 * 10 + 2 * 20
     assert (await mock.astats())["requests"] == 0
+
+
+async def test_step_events_while_rows_move(mock):
+    mock.configure(latency_ms=300)
+    four = {"steps": [{"name": f"s{k}", "task": "text-generation"} for k in range(4)]}
+    async with serve(mock_settings(mock.url)) as client:
+        r = await client.post("/pipelines", json={"pipeline": four, "stream": True, "rows": [{"instruction": "q"}]})
+        events = sse_events(r.text)
+    steps = [e["data"]["steps"] for e in events if e["event"] == "step"]
+    assert steps and all(set(s) == {"s0", "s1", "s2", "s3"} for s in steps)
+    assert steps[0]["s0"]["rows_out"] == 1 and events[-1]["event"] == "done"
+    assert events[-2]["event"] == "row" and events[-2]["data"]["row"]["generation"] == "Echo: q"
+    # the same prompt at every step: four calls, four samples (the request's cache numbers them across steps)
+    assert (await mock.astats())["requests"] == 4
+
+
+async def test_pipeline_files(mock, tmp_path):
+    (tmp_path / "good.toml").write_text('description = "one step"\n[[steps]]\nname = "a"\ntask = "text-generation"\n')
+    (tmp_path / "broken.json").write_text('{"steps": [{"name": "a", "task": "text-generation", "filter": "x"}]}')
+    (tmp_path / "notes.txt").write_text("not a pipeline")
+    from app.config import PipelinesConfig
+    async with serve(mock_settings(mock.url, pipelines=PipelinesConfig(dir=str(tmp_path)))) as client:
+        listed = (await client.get("/pipelines")).json()["pipelines"]
+        assert [(p["name"], p["description"]) for p in listed] == [("good", "one step")]
+        r = await client.get("/pipelines/broken")
+        assert r.status_code == 422 and "broken.json" in r.json()["detail"] and "steps[0]" in r.json()["detail"]
+        good = (await client.get("/pipelines/good")).json()
+        assert good["inputs"] == ["instruction"] and good["outputs"] == ["instruction", "generation", "model_name"]
+        r = await client.post("/pipelines/good", json={"rows": [{"instruction": "hi"}]})
+        assert r.json()["pipeline"] == "good" and r.json()["rows"][0]["generation"] == "Echo: hi"
