@@ -51,8 +51,8 @@ def rows(n: int) -> list[dict]:
 
 def request_rate(url: str, n: int) -> float:
     t0 = time.perf_counter()
-    r = httpx.post(url + "/pipelines", json={"pipeline": PIPELINE, "rows": rows(n), "include_raw": False, "cache": False},
-                   timeout=600)
+    body = {"pipeline": PIPELINE, "rows": rows(n), "include_raw": False, "cache": False}
+    r = httpx.post(url + "/pipelines", json=body, timeout=600)
     elapsed = time.perf_counter() - t0
     body = r.json()
     assert r.status_code == 200 and body["failed"] == 0 and len(body["rows"]) == n, r.text[:300]

@@ -41,11 +41,12 @@ ERRORS = {404: {"description": "unknown pipeline"}, 413: {"description": "too ma
 class PipelineRunRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rows: list[dict[str, Any]] = Field(default_factory=list, description="Input rows, with the pipeline's input columns.")
+    rows: list[dict[str, Any]] = Field(default_factory=list,
+                                       description="Input rows, with the pipeline's input columns.")
     include_raw: bool = Field(True, description="Keep each step's `raw_input` and `raw_output` in `metadata.steps`.")
     stream: bool = Field(False, description="Answer with server-sent events (also with `Accept: text/event-stream`).")
-    seed: int | None = Field(None, ge=0, description="Seeds every step's random choices (a step's own params.seed wins); "
-                                                    "drawn and returned when omitted.")
+    seed: int | None = Field(None, ge=0, description=(
+        "Seeds every step's random choices (a step's own params.seed wins); drawn and returned when omitted."))
     cache: bool | Literal["refresh"] = Field(True, description="The LLM-call cache, as for /tasks.")
     dry_run: bool = Field(False, description=(
         "Answer an estimate `{calls, input_tokens, max_output_tokens, cost_usd}` instead; no call is made "

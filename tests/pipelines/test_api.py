@@ -110,7 +110,8 @@ async def test_bad_definitions_are_422_before_any_call(mock):
     cases = [
         ({"steps": [{"name": "x", "task": "no-such-task"}]}, ["x", "no-such-task"]),
         ({"steps": [{"name": "x", "task": "text-generation", "llm": {"backend": "nope"}}]}, ["x", "nope"]),
-        ({"steps": [{"name": "x", "task": "text-generation", "params": {"num_generations": 0}}]}, ["x", "num_generations"]),
+        ({"steps": [{"name": "x", "task": "text-generation", "params": {"num_generations": 0}}]},
+         ["x", "num_generations"]),
         ({"steps": [{"name": "x", "task": "text-generation", "output_mappings": {"answer": "y"}}]}, ["x", "answer"]),
         ({"steps": [{"name": "x", "task": "text-generation", "input_mappings": {"prompt": "q"}}]}, ["x", "prompt"]),
         ({"steps": [{"name": "f", "filter": "generation |"}]}, ["f", "filter"]),

@@ -45,7 +45,8 @@ async def test_instruction_response(mock):
 
 async def test_sft_from_seeds(mock):
     await mock.ascript([
-        {"match": "queries that users could", "reply": "How do plants make food?\nHow can I make sourdough?\nWhat is a black hole?"},
+        {"match": "queries that users could",
+         "reply": "How do plants make food?\nHow can I make sourdough?\nWhat is a black hole?"},
         {"match": "plants make food", "reply": "#Rewritten Prompt#: how do I bake bread at home?"},
         {"match": "make sourdough", "reply": "#Rewritten Prompt#: How do I bake bread at HOME!"},
         {"match": "black hole", "reply": "#Rewritten Prompt#: Explain dark matter simply."},
