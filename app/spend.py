@@ -20,16 +20,10 @@ from llm_clients.ratelimit import RateLimiter, estimate_tokens
 from tasks import Task, TaskRun
 
 from .config import Settings
-from .errors import SynthserveError
+from .errors import Overloaded
 
 # max_output_tokens of a call that gives no max_new_tokens (the local backend's default)
 DEFAULT_MAX_NEW_TOKENS = 256
-
-
-class Overloaded(SynthserveError):
-    """429: a backend has more calls waiting than [server] max_queued_calls."""
-
-    status_code = 429
 
 
 class Spend:
@@ -77,7 +71,7 @@ class Spend:
         if waiting > self.settings.server.max_queued_calls:
             raise Overloaded(f"backend {llm.name!r} has {waiting} calls waiting (more than "
                              f"[server] max_queued_calls = {self.settings.server.max_queued_calls}); "
-                             "retry later", headers={"Retry-After": "1"})
+                             "retry later", retry_after=1)
         return self.client(llm, mode)
 
 
