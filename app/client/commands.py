@@ -21,6 +21,7 @@ from .output import OutputFile
 from .run import BAD_ARGS, INTERRUPTED, SOME_FAILED, RunSpec, UsageError, load_rows, reattach, run_in_process, run_on_server
 
 SERVER_ENV, API_KEY_ENV = "SYNTHSERVE_URL", "SYNTHSERVE_API_KEY"
+DEFAULT_SERVER = "http://127.0.0.1:8000"
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -52,13 +53,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     results.add_argument("id", metavar="ID")
     results.add_argument("--output", "-o", metavar="FILE", required=True, help=", ".join(formats.WRITABLE))
     for parser in jobs_sub.choices.values():
-        add_server_arguments(parser, default=os.environ.get(SERVER_ENV, "http://127.0.0.1:8000"))
+        add_server_arguments(parser, default=os.environ.get(SERVER_ENV, DEFAULT_SERVER))
     jobs.set_defaults(client=command_jobs)
 
 
 def add_server_arguments(parser: argparse.ArgumentParser, *, default: str | None, help_suffix: str = "") -> None:
     parser.add_argument("--server", metavar="URL", default=default,
-                        help=f"the synthserve server (default: ${SERVER_ENV}, else {default}){help_suffix}"
+                        help=f"the synthserve server (default: ${SERVER_ENV}, else {DEFAULT_SERVER}){help_suffix}"
                         if default else f"the synthserve server{help_suffix}")
     parser.add_argument("--api-key", metavar="KEY", default=os.environ.get(API_KEY_ENV),
                         help=f"sent as Authorization: Bearer KEY (default: ${API_KEY_ENV})")

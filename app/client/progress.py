@@ -3,7 +3,6 @@ tokens, cost, rows/s, ETA), plain lines at most once a second otherwise."""
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 
@@ -88,6 +87,3 @@ class ProgressDisplay:
         else:
             self.plain_line()
 
-
-def console() -> Console:
-    return Console(file=sys.stdout)
