@@ -7,6 +7,9 @@
     embedding.py  last-token hidden states, batched across calls
     loading.py    finding, converting (GGUF) and caching the model
     params.py     request/result types and errors (no torch)
-    protocol.py   TGI and OpenAI wire types (no torch)
-    app.py        the HTTP routes (no torch); serve() is what the CLI runs
+    protocol.py   TGI's wire types (no torch)
+    openai_wire.py  OpenAI's wire types: chat, completions, embeddings (no torch)
+    app.py        TGI's HTTP routes (no torch); serve() is what the CLI runs
+    openai_routes.py  OpenAI's routes (no torch)
+    serving.py    what both share: the engine dependency, token streams, errors (no torch)
 """

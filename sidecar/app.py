@@ -1,4 +1,4 @@
-"""The sidecar's HTTP front: TGI's routes over the engine. No torch here; the engine comes
+"""The sidecar's HTTP front: TGI's routes over the engine, and OpenAI's (sidecar.openai_routes). No torch here; the engine comes
 from `engine_factory`, called in a thread at startup so /health can answer 503 while the
 model loads.
 
@@ -11,28 +11,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from . import openai_routes
 from . import protocol as p
-from .params import (
-    MAX_BATCH_SIZE,
-    MAX_CONCURRENT_REQUESTS,
-    EngineError,
-    GenerationResult,
-    InvalidRequest,
-    Overloaded,
-    SamplingParams,
-    StopTrimmer,
-    Token,
-)
+from .params import MAX_BATCH_SIZE, MAX_CONCURRENT_REQUESTS, EngineError, Token
+from .serving import EngineDep, TokenStream, Unavailable, error_json, error_response, sse
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -40,41 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["add_arguments", "create_app", "serve"]
 
 DEFAULT_PORT = 8080
-
-
-class Unavailable(Exception):
-    pass
-
-
-class TokenStream:
-    """One generation's tokens as an async iterator, then its result. Submitting happens
-    at construction, so Overloaded and InvalidRequest are raised before any answer starts."""
-
-    def __init__(self, engine: Engine, inputs: str, params: SamplingParams, *, truncate: int | None = None):
-        self._queue: asyncio.Queue[Token | None] = asyncio.Queue()
-        self._result = engine.schedule(inputs, params, on_token=self._queue.put_nowait, truncate=truncate)
-        self._result.add_done_callback(lambda _: self._queue.put_nowait(None))  # after the last token
-
-    async def __aiter__(self) -> AsyncIterator[Token]:
-        while (token := await self._queue.get()) is not None:
-            yield token
-
-    async def result(self) -> GenerationResult:
-        return await self._result
-
-    def cancel(self) -> None:
-        self._result.cancel()  # propagates to the engine: the sequence leaves the batch
-
-
-async def _loaded_engine(request: Request) -> Engine:
-    """Waits for the model while it loads (a request sent early is answered late, not 503)."""
-    try:
-        return await asyncio.shield(request.app.state.loading)
-    except Exception as exc:
-        raise Unavailable(f"the model failed to load: {exc}") from exc
-
-
-EngineDep = Annotated[Any, Depends(_loaded_engine)]  # an Engine; Any keeps torch out of this module
 
 
 def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
@@ -88,12 +44,14 @@ def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: "
+                            f"{'not an option this server knows' if e['type'] == 'extra_forbidden' else e['msg']}"
+                            for e in exc.errors())
         return JSONResponse(p.error_body(message, "validation"), status_code=422)
 
     @app.exception_handler(EngineError)
     async def _engine_error(request: Request, exc: EngineError) -> JSONResponse:
-        return _error_response(exc)
+        return error_response(exc)
 
     @app.exception_handler(Unavailable)
     async def _unavailable(request: Request, exc: Unavailable) -> JSONResponse:
@@ -126,11 +84,6 @@ def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
             "embeddings": True,
         }
 
-    @app.get("/v1/models")
-    async def models(engine: EngineDep) -> dict[str, Any]:
-        return {"object": "list", "data": [{"id": engine.model_id, "object": "model", "created": 0,
-                                            "owned_by": p.ROUTER}]}
-
     @app.post("/generate")
     async def generate(body: p.GenerateRequest, engine: EngineDep) -> dict[str, Any]:
         return await _generate(engine, body)
@@ -144,26 +97,6 @@ def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
     @app.post("/generate_stream")
     async def generate_stream(body: p.GenerateRequest, engine: EngineDep) -> StreamingResponse:
         return _generate_stream(engine, body)
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(body: p.ChatRequest, engine: EngineDep):
-        prompt = engine.apply_chat_template(body.plain_messages())
-        params = body.sampling()
-        if body.stream:
-            if body.n > 1:
-                raise InvalidRequest("streaming supports n = 1 only")
-            return _chat_stream(engine, prompt, params, include_usage=bool(body.stream_options and
-                                                                             body.stream_options.include_usage))
-        futures: list[asyncio.Future[GenerationResult]] = []
-        try:
-            for i in range(body.n):  # n seeds, else n copies of one seeded answer
-                futures.append(engine.schedule(prompt, params if params.seed is None
-                                               else params.replace(seed=params.seed + i)))
-            results = await asyncio.gather(*futures)
-        finally:
-            for future in futures:  # the others, when one could not be queued
-                future.cancel()
-        return p.chat_completion(engine.model_id, results)
 
     @app.post("/chat_tokenize")
     async def chat_tokenize(body: p.ChatTokenizeRequest, engine: EngineDep) -> JSONResponse:
@@ -179,13 +112,14 @@ def create_app(engine_factory: Callable[[], Engine]) -> FastAPI:
         # a JSONResponse: FastAPI would otherwise validate every float against the annotation
         return JSONResponse(await engine.embed(body.items(), normalize=body.normalize))
 
+    app.include_router(openai_routes.router)
     return app
 
 
 async def _generate(engine: Engine, body: p.GenerateRequest) -> dict[str, Any]:
     params = body.parameters
     result = await engine.generate(body.inputs, params.sampling(), truncate=params.truncate)
-    return p.generate_response(result, details=params.details,
+    return p.generate_response(result, details=params.details, top_n_tokens=params.top_n_tokens,
                                prefix=body.inputs if params.return_full_text else "")
 
 
@@ -194,74 +128,30 @@ def _generate_stream(engine: Engine, body: p.GenerateRequest) -> StreamingRespon
 
     async def events() -> AsyncIterator[str]:
         try:
-            stream = TokenStream(engine, body.inputs, params.sampling(), truncate=params.truncate)
+            stream = TokenStream(engine, [(body.inputs, params.sampling(stream=True))], truncate=params.truncate)
         except EngineError as exc:
-            yield _sse(_error_json(exc), event="error")
+            yield sse(error_json(exc), event="error")
             return
         try:
             last: Token | None = None
             index = 0
-            async for token in stream:
+            async for _, token in stream:
+                if token is None:
+                    break
                 if last is not None:
                     index += 1
-                    yield _sse(p.stream_event(index, last))
+                    yield sse(p.stream_event(index, last, top_n_tokens=params.top_n_tokens))
                 last = token
             result = await stream.result()
             assert last is not None  # a finished generation has at least one token
-            yield _sse(p.stream_event(index + 1, last, result,
-                                      prefix=body.inputs if params.return_full_text else ""))
+            yield sse(p.stream_event(index + 1, last, result, top_n_tokens=params.top_n_tokens,
+                                     prefix=body.inputs if params.return_full_text else ""))
         except EngineError as exc:
-            yield _sse(_error_json(exc), event="error")
+            yield sse(error_json(exc), event="error")
         finally:
             stream.cancel()
 
     return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _chat_stream(engine: Engine, prompt: str, params: SamplingParams, *, include_usage: bool) -> StreamingResponse:
-    stream = TokenStream(engine, prompt, params)  # raises Overloaded here: a real 429
-    id_, model = p.chat_id(), engine.model_id
-
-    async def events() -> AsyncIterator[str]:
-        trimmer = StopTrimmer(params.stop)
-        try:
-            yield _sse(p.chat_chunk(id_, model, content=""))
-            async for token in stream:
-                if not token.special and (text := trimmer.feed(token.text)):
-                    yield _sse(p.chat_chunk(id_, model, content=text))
-            result = await stream.result()
-            if tail := trimmer.flush():
-                yield _sse(p.chat_chunk(id_, model, content=tail))
-            yield _sse(p.chat_chunk(id_, model, finish_reason=result.openai_finish_reason))
-            if include_usage:
-                yield _sse(p.chat_chunk(id_, model, usage_=p.usage(result.input_tokens, result.output_tokens),
-                                        with_choice=False))
-            yield "data: [DONE]\n\n"
-        except EngineError as exc:
-            yield _sse(_error_json(exc), event="error")
-        finally:
-            stream.cancel()
-
-    return StreamingResponse(events(), media_type="text/event-stream")
-
-
-def _error_json(exc: EngineError) -> dict[str, Any]:
-    if isinstance(exc, InvalidRequest):
-        return p.error_body(str(exc), "validation")
-    if isinstance(exc, Overloaded):
-        return p.error_body(str(exc), "overloaded")
-    return p.error_body(str(exc), "generation")
-
-
-def _error_response(exc: EngineError) -> JSONResponse:
-    status = 422 if isinstance(exc, InvalidRequest) else 429 if isinstance(exc, Overloaded) else 500
-    headers = {"Retry-After": str(max(1, round(exc.retry_after)))} if isinstance(exc, Overloaded) else None
-    return JSONResponse(_error_json(exc), status_code=status, headers=headers)
-
-
-def _sse(data: dict[str, Any], *, event: str | None = None) -> str:
-    head = f"event: {event}\n" if event else ""
-    return f"{head}data:{json.dumps(data, separators=(',', ':'))}\n\n"
 
 
 def _version() -> str:

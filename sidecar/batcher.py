@@ -44,6 +44,7 @@ from .params import MAX_BATCH_SIZE, EngineError, FinishReason, GenerationResult,
 log = logging.getLogger(__name__)
 
 OnToken = Callable[[Token], Any]
+PROMPT_CHUNK = 512  # prompt tokens per forward when their logprobs are asked for
 
 
 class SlackLayer(DynamicLayer):
@@ -142,6 +143,7 @@ class Sequence:
         self.generator: torch.Generator | None = None
         self.out: list[int] = []
         self.tokens: list[Token] = []
+        self.prefill: list[Token] = []
         self.text = ""
 
     # sampling.Row
@@ -157,7 +159,8 @@ class Sequence:
 
     def finish(self, reason: FinishReason, stop: str | None = None) -> None:
         result = GenerationResult(text=self.text, tokens=self.tokens, finish_reason=reason,
-                                  input_tokens=len(self.prompt_ids), seed=self.seed, stop_sequence=stop)
+                                  input_tokens=len(self.prompt_ids), seed=self.seed, stop_sequence=stop,
+                                  prefill=self.prefill)
         settle(self.future, result)
 
     def fail(self, exc: BaseException) -> None:
@@ -311,6 +314,9 @@ class Batcher:
         cache = new_cache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                          past_key_values=cache, use_cache=True, logits_to_keep=1)
+        for seq in batch:
+            if seq.params.decoder_input_details:
+                seq.prefill = self._prompt_tokens(seq.prompt_ids)
         keep = self._advance(batch, out.logits[:, -1])
         if not keep:
             return
@@ -319,6 +325,21 @@ class Batcher:
             cache.batch_select_indices(index)
             mask = mask.index_select(0, index)
         self._merge([batch[i] for i in keep], cache, mask)
+
+    def _prompt_tokens(self, ids: list[int]) -> list[Token]:
+        """TGI's `prefill`: each prompt token with its logprob given the ones before it (the
+        first has none). A forward of its own, in chunks, so the logits held stay small."""
+        logprobs = [math.nan]
+        cache = new_cache()
+        for start in range(0, len(ids) - 1, PROMPT_CHUNK):
+            chunk = torch.tensor([ids[start:start + PROMPT_CHUNK]], device=self.device)
+            logits = self.model(input_ids=chunk, past_key_values=cache, use_cache=True).logits[0].float()
+            targets = torch.tensor(ids[start + 1:start + 1 + PROMPT_CHUNK], device=self.device)
+            logprobs += logits[:len(targets)].log_softmax(-1).gather(1, targets[:, None])[:, 0].tolist()
+        return [Token(i, self._text(i), lp, i in self.special_ids) for i, lp in zip(ids, logprobs, strict=True)]
+
+    def _text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id], skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
     def _merge(self, seqs: list[Sequence], cache: Cache, mask: torch.Tensor) -> None:
         if self._cache is None:
@@ -369,23 +390,24 @@ class Batcher:
         """Append each sequence's next token; the rows that go on."""
         constrained = [(row, seq.matcher) for row, seq in enumerate(seqs) if seq.matcher is not None]
         broken = set(self._masks.apply(logits, constrained)) if constrained else ()
-        ids, logprobs = sampling.choose(logits, seqs)
+        ids, logprobs, tops = sampling.choose(logits, seqs)
         keep = []
-        for row, (seq, token_id, logprob) in enumerate(zip(seqs, ids, logprobs, strict=True)):
+        for row, (seq, token_id, logprob, top) in enumerate(zip(seqs, ids, logprobs, tops, strict=True)):
             if row in broken:
                 seq.fail(EngineError(f"the grammar cannot go on: {seq.matcher.get_error()}"))
-            elif not seq.cancelled and not self._append(seq, token_id, logprob):
+            elif not seq.cancelled and not self._append(seq, token_id, logprob, top):
                 keep.append(row)
         return keep
 
-    def _append(self, seq: Sequence, token_id: int, logprob: float) -> bool:
+    def _append(self, seq: Sequence, token_id: int, logprob: float, top: list[tuple[int, float]]) -> bool:
         """Add one token to `seq`, tell its caller; whether it has finished."""
         seq.out.append(token_id)
         if seq.matcher is not None:
             seq.matcher.consume_token(token_id)  # a refused token leaves it in error: the next mask fails the row
         special = token_id in self.special_ids
         text = seq.detokenizer.feed(token_id)
-        token = Token(token_id, text, logprob, special)
+        token = Token(token_id, text, logprob, special,
+                      tuple(Token(i, self._text(i), lp, i in self.special_ids) for i, lp in top))
         seq.tokens.append(token)
         stop = None
         if not special and text:

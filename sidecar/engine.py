@@ -203,14 +203,19 @@ class Engine:
         """Final hidden state of the base model (no LM head) at the last token of each
         chat-templated input (generation prompt added), as distilabel's GenerateEmbeddings.
         Texts of concurrent calls are batched together."""
+        return (await self.embed_counted(inputs, normalize=normalize))[0]
+
+    async def embed_counted(self, inputs: Sequence[EmbedInput], *,
+                            normalize: bool = False) -> tuple[list[list[float]], int]:
+        """`embed`, and the number of tokens embedded."""
         if not inputs:
-            return []
+            return [], 0
         self._acquire()
         try:
             ids = await asyncio.to_thread(self._embed_ids, inputs)
             futures = self.embedder.submit(ids, normalize=normalize)
             try:
-                return list(await asyncio.gather(*map(asyncio.wrap_future, futures)))
+                return list(await asyncio.gather(*map(asyncio.wrap_future, futures))), sum(map(len, ids))
             finally:
                 for future in futures:
                     future.cancel()  # no-op once done; otherwise they leave the queue

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 # the engine's limits when none are given (TGI's launcher has the same options)
@@ -20,6 +20,7 @@ MAX_CONCURRENT_REQUESTS = 128
 # max_new_tokens when a request gives none, on every route and the local backend (docs/api.md,
 # "Defaults that apply everywhere"): a small model left to the rest of its context rambles for minutes
 DEFAULT_MAX_NEW_TOKENS = 256
+MAX_TOP_N_TOKENS = 20  # alternatives a token may come with (OpenAI's top_logprobs limit)
 
 FinishReason = Literal["length", "eos_token", "stop_sequence"]
 
@@ -69,6 +70,8 @@ class SamplingParams:
     seed: int | None = None
     do_sample: bool = False
     grammar: Grammar | None = None  # the output is constrained to it, token by token
+    top_n_tokens: int = 0  # each output token comes with this many most likely alternatives
+    decoder_input_details: bool = False  # the prompt's tokens come back with their logprobs (`prefill`)
 
     def __post_init__(self) -> None:
         checks = [
@@ -78,6 +81,7 @@ class SamplingParams:
             (self.top_k is None or self.top_k >= 0, "top_k must be >= 0"),
             (self.repetition_penalty is None or self.repetition_penalty > 0, "repetition_penalty must be > 0"),
             (all(self.stop), "stop sequences must not be empty"),
+            (0 <= self.top_n_tokens <= MAX_TOP_N_TOKENS, f"top_n_tokens must be in [0, {MAX_TOP_N_TOKENS}]"),
         ]
         for ok, message in checks:
             if not ok:
@@ -100,8 +104,9 @@ class SamplingParams:
 class Token:
     id: int
     text: str  # the text this token adds (incremental detokenization, as TGI streams it)
-    logprob: float
+    logprob: float  # NaN for a prompt's first token, which nothing predicts
     special: bool
+    top: tuple[Token, ...] = ()  # the `top_n_tokens` most likely tokens at this place, best first
 
 
 @dataclass(slots=True)
@@ -115,6 +120,7 @@ class GenerationResult:
     input_tokens: int
     seed: int | None = None
     stop_sequence: str | None = None
+    prefill: list[Token] = field(default_factory=list)  # the prompt's tokens, when decoder_input_details
 
     @property
     def output_tokens(self) -> int:

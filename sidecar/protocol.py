@@ -1,25 +1,41 @@
 """The wire types: TGI's generate API (text-generation-inference's router, whose names the
-`text-generation` client and the `tgi` provider use), its OpenAI-compatible chat route and
-the embedding route. Requests are pydantic models; answers are built by the functions at
-the bottom from the engine's results."""
+`text-generation` client and the `tgi` provider use) and the embedding route; OpenAI's
+routes have theirs in sidecar.openai_wire. Requests are pydantic models; answers are built
+by the functions at the bottom from the engine's results."""
 
 from __future__ import annotations
 
 import json
-import time
-import uuid
+import math
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .params import DEFAULT_MAX_NEW_TOKENS, GenerationResult, Grammar, InvalidRequest, SamplingParams, Token
+from .params import (
+    DEFAULT_MAX_NEW_TOKENS,
+    MAX_TOP_N_TOKENS,
+    GenerationResult,
+    Grammar,
+    InvalidRequest,
+    SamplingParams,
+    Token,
+)
 
 ROUTER = "synthserve-sidecar"  # /info's "router": how a client tells this server from a real TGI
 MAX_STOP_SEQUENCES = 16
 
 
 class _Wire(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # as TGI (serde): unknown fields are ignored
+    """A request body. An explicit null is the option left out (the `text-generation`
+    client sends every option, null when unset); an option this server does not know is
+    a 422 naming it, never ignored (TGI ignores them)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _nulls_are_absent(cls, data: Any) -> Any:
+        return {k: v for k, v in data.items() if v is not None} if isinstance(data, dict) else data
 
 
 class GrammarSpec(_Wire):
@@ -75,20 +91,30 @@ class GenerateParameters(_Wire):
     best_of: int | None = None
     typical_p: float | None = None
     watermark: bool = False
-    top_n_tokens: int | None = None
+    top_n_tokens: int = Field(0, ge=0, le=MAX_TOP_N_TOKENS)
     grammar: GrammarSpec | None = None
     adapter_id: str | None = None
 
-    def sampling(self) -> SamplingParams:
+    def sampling(self, *, stream: bool = False) -> SamplingParams:
         if self.best_of not in (None, 1):
             raise InvalidRequest("`best_of` > 1 is not supported")
         if self.typical_p is not None and self.typical_p < 1.0:
             raise InvalidRequest("`typical_p` is not supported")
+        if self.watermark:
+            raise InvalidRequest("`watermark` is not supported")
+        if self.adapter_id:
+            raise InvalidRequest("`adapter_id` is not supported: this server has no adapters")
+        if self.decoder_input_details and (stream or not self.details):
+            # as TGI: the prompt's tokens are part of the details, which a stream has none of
+            raise InvalidRequest("`decoder_input_details` needs `details` and no streaming")
+        if self.top_n_tokens and not (stream or self.details):
+            raise InvalidRequest("`top_n_tokens` needs `details` (or streaming)")
         return SamplingParams(
             max_new_tokens=self.max_new_tokens, temperature=self.temperature, top_p=self.top_p,
             top_k=self.top_k, repetition_penalty=self.repetition_penalty,
             frequency_penalty=self.frequency_penalty, stop=tuple(self.stop), seed=self.seed,
             do_sample=self.do_sample, grammar=self.grammar.grammar() if self.grammar else None,
+            top_n_tokens=self.top_n_tokens, decoder_input_details=self.decoder_input_details,
         )
 
 
@@ -104,49 +130,8 @@ class ChatMessage(BaseModel):
     content: str | list[dict[str, Any]] | None = None
 
 
-class StreamOptions(_Wire):
-    include_usage: bool = False
-
-
-class ChatRequest(_Wire):
-    model: str | None = None
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int | None = Field(None, ge=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float | None = None
-    top_p: float | None = None
-    top_k: int | None = None
-    repetition_penalty: float | None = None
-    frequency_penalty: float | None = None
-    presence_penalty: float | None = None
-    stop: str | list[str] | None = None
-    seed: int | None = None
-    n: int = Field(1, ge=1, le=64)  # as a task's num_generations
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    tools: list[Any] | None = None
-    response_format: GrammarSpec | None = None
-
-    def plain_messages(self) -> list[dict[str, Any]]:
-        return [m.model_dump(exclude_none=True) for m in self.messages]
-
-    def sampling(self) -> SamplingParams:
-        if self.tools:
-            raise InvalidRequest("`tools` are not supported")
-        stop = [self.stop] if isinstance(self.stop, str) else (self.stop or [])
-        if len(stop) > MAX_STOP_SEQUENCES:
-            raise InvalidRequest(f"at most {MAX_STOP_SEQUENCES} stop sequences")
-        # OpenAI's (and TGI's chat route's) default is sampling at temperature 1; 0 is greedy
-        return SamplingParams(
-            max_new_tokens=self.max_completion_tokens or self.max_tokens, temperature=self.temperature,
-            top_p=self.top_p, top_k=self.top_k, repetition_penalty=self.repetition_penalty,
-            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-            stop=tuple(stop), seed=self.seed, do_sample=True,
-            grammar=self.response_format.grammar() if self.response_format else None,
-        )
-
-
 class ChatTokenizeRequest(_Wire):
+    model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
 
     def plain_messages(self) -> list[dict[str, Any]]:
@@ -155,6 +140,8 @@ class ChatTokenizeRequest(_Wire):
 
 class TokenizeRequest(_Wire):
     inputs: str
+    # TGI's /tokenize takes a whole /generate body; no parameter changes the tokens
+    parameters: GenerateParameters | None = None
 
 
 class EmbedRequest(_Wire):
@@ -177,7 +164,17 @@ def token_json(token: Token) -> dict[str, Any]:
     return {"id": token.id, "text": token.text, "logprob": token.logprob, "special": token.special}
 
 
-def generate_response(result: GenerationResult, *, details: bool, prefix: str = "") -> dict[str, Any]:
+def prefill_json(token: Token) -> dict[str, Any]:
+    # TGI's PrefillToken: no `special`; the first token's logprob is null
+    return {"id": token.id, "text": token.text, "logprob": None if math.isnan(token.logprob) else token.logprob}
+
+
+def top_tokens_json(token: Token) -> list[dict[str, Any]]:
+    return [token_json(t) for t in token.top]
+
+
+def generate_response(result: GenerationResult, *, details: bool, top_n_tokens: int = 0,
+                      prefix: str = "") -> dict[str, Any]:
     body: dict[str, Any] = {"generated_text": prefix + result.text}
     if details:
         body["details"] = {
@@ -185,21 +182,21 @@ def generate_response(result: GenerationResult, *, details: bool, prefix: str = 
             "generated_tokens": result.output_tokens,
             "seed": result.seed,
             "input_length": result.input_tokens,  # not TGI's: /generate has no prompt count there
-            "prefill": [],
+            "prefill": [prefill_json(t) for t in result.prefill],
             "tokens": [token_json(t) for t in result.tokens],
-            "top_tokens": None,
+            "top_tokens": [top_tokens_json(t) for t in result.tokens] if top_n_tokens else None,
             "best_of_sequences": None,
         }
     return body
 
 
-def stream_event(index: int, token: Token, result: GenerationResult | None = None, *,
+def stream_event(index: int, token: Token, result: GenerationResult | None = None, *, top_n_tokens: int = 0,
                  prefix: str = "") -> dict[str, Any]:
     """One `/generate_stream` event; the last carries the whole text and the details."""
     return {
         "index": index,
         "token": token_json(token),
-        "top_tokens": None,
+        "top_tokens": top_tokens_json(token) if top_n_tokens else None,
         "generated_text": None if result is None else prefix + result.text,
         "details": None if result is None else {
             "finish_reason": result.finish_reason,
@@ -208,37 +205,3 @@ def stream_event(index: int, token: Token, result: GenerationResult | None = Non
             "input_length": result.input_tokens,
         },
     }
-
-
-def chat_id() -> str:
-    return f"chatcmpl-{uuid.uuid4().hex}"
-
-
-def usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-            "total_tokens": input_tokens + output_tokens}
-
-
-def chat_completion(model: str, results: list[GenerationResult]) -> dict[str, Any]:
-    return {
-        "id": chat_id(),
-        "object": "chat.completion",
-        "created": int(time.time()),
-        "model": model,
-        "system_fingerprint": ROUTER,
-        "choices": [
-            {"index": i, "message": {"role": "assistant", "content": r.completion_text},
-             "logprobs": None, "finish_reason": r.openai_finish_reason}
-            for i, r in enumerate(results)
-        ],
-        "usage": usage(results[0].input_tokens, sum(r.output_tokens for r in results)),
-    }
-
-
-def chat_chunk(id_: str, model: str, *, content: str | None = None, finish_reason: str | None = None,
-               usage_: dict[str, int] | None = None, with_choice: bool = True) -> dict[str, Any]:
-    # `role` and `tool_calls` in every delta: the text-generation client's chunk model requires them
-    choices = [{"index": 0, "delta": {"role": "assistant", "content": content, "tool_calls": None},
-                "logprobs": None, "finish_reason": finish_reason}] if with_choice else []
-    return {"id": id_, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
-            "system_fingerprint": ROUTER, "choices": choices, "usage": usage_}

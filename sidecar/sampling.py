@@ -8,6 +8,7 @@ seeded generator, so a seeded request gives the same tokens whatever it is batch
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence as Seq
 from typing import Protocol
 
@@ -24,8 +25,9 @@ class Row(Protocol):
     def output_ids(self) -> list[int]: ...
 
 
-def choose(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[float]]:
-    """Next token id and its logprob for each row of `logits` (batch, vocab)."""
+def choose(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[float], list[list[tuple[int, float]]]]:
+    """Next token id and its logprob for each row of `logits` (batch, vocab), and the row's
+    `top_n_tokens` most likely (id, logprob), best first, of the distribution it was drawn from."""
     logits = logits.float()
     for i, row in enumerate(rows):
         _penalise(logits, i, row)
@@ -39,7 +41,18 @@ def choose(logits: torch.Tensor, rows: Seq[Row]) -> tuple[list[int], list[float]
             ids[i] = torch.multinomial(probs[j], 1, generator=rows[i].generator)[0]
         logprobs[index] = probs.log()
     chosen = logprobs.gather(1, ids[:, None])[:, 0]
-    return ids.tolist(), chosen.tolist()
+    return ids.tolist(), chosen.tolist(), _tops(logprobs, rows)
+
+
+def _tops(logprobs: torch.Tensor, rows: Seq[Row]) -> list[list[tuple[int, float]]]:
+    most = max(row.params.top_n_tokens for row in rows)
+    if not most:
+        return [[] for _ in rows]
+    values, indices = logprobs.topk(min(most, logprobs.shape[-1]), dim=-1)
+    values, indices = values.tolist(), indices.tolist()
+    # tokens a grammar or top-k/top-p ruled out (logprob -inf) are no alternatives
+    return [[(t, v) for t, v in zip(indices[i][:row.params.top_n_tokens], values[i], strict=False) if v > -math.inf]
+            for i, row in enumerate(rows)]
 
 
 def _penalise(logits: torch.Tensor, i: int, row: Row) -> None:
