@@ -90,7 +90,7 @@ def test_stats_log_and_config(http, mock):
               headers={"Authorization": "Bearer k"})
     http.post("/generate", json={"inputs": "y"})
     stats = mock.stats()
-    assert stats == {"requests": 2, "in_flight": 0, "max_in_flight": 1,
+    assert stats == {"requests": 2, "in_flight": 0, "max_in_flight": 1, "rate_limited": 0,
                      "by_route": {"/v1/chat/completions": 1, "/generate": 1}}
     log = mock.requests()
     assert [(r["route"], r["authorization"]) for r in log] == [("/v1/chat/completions", "Bearer k"),
