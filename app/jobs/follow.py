@@ -5,8 +5,9 @@ connection and one read of each row.
 
 A watcher first reads the log after its Last-Event-ID (XRANGE, on the shared pool), then
 takes what the reader hands it; it registers before that first read, so nothing falls in
-between, and drops what it has already sent (event ids are 1, 2, 3...). The reader wakes
-at once for a job it starts following by an entry on its own wake stream (keys.wake).
+between, and drops what it has already sent (event ids are 1, 2, 3...). The reader starts
+a job at the log's end when the job's first watcher comes (what is before it, each watcher
+reads itself), and wakes for it at once by an entry on its own wake stream (keys.wake).
 When Redis fails, every open stream ends with an `error` event (clients reconnect with
 Last-Event-ID); the reader itself goes on once Redis is back.
 """
@@ -39,6 +40,7 @@ EVENTS_BATCH = 500
 READ_BLOCK_MS = 1000  # the reader's longest wait; between reads it checks the followed jobs still exist
 KEEPALIVE_S = 15.0
 RETRY_S = 0.5
+WAKE_TTL_S = 86_400
 
 Frame = tuple[int, str, bytes]  # (seq, event kind, the SSE bytes)
 _GONE = object()  # the job was deleted (or expired) while followed
@@ -51,7 +53,8 @@ class Unreachable(Exception):
 @dataclass(eq=False)
 class _Followed:
     job: Job  # what progress/done events lay their fields over
-    cursor: int  # the last seq the reader has handed out
+    cursor: int = -1  # the last seq the reader has handed out; -1: not placed yet
+    placing: asyncio.Task[None] | None = None
     watchers: set[asyncio.Queue[list[Frame] | object]] = field(default_factory=set)
 
 
@@ -123,12 +126,31 @@ class EventHub:
             self._unwatch(job.id, inbox)
 
     async def _watch(self, job: Job, after: int, inbox: asyncio.Queue[list[Frame] | object]) -> None:
+        """Register `inbox`; return once the reader's place in the job's log is known, so
+        that the watcher's own read of the log reaches it."""
         followed = self._jobs.get(job.id)
         if followed is None:
-            followed = self._jobs[job.id] = _Followed(job, after)
-            self._wanted.set()
-            await self.store.redis.xadd(self._wake_key, {"job": job.id}, maxlen=16, approximate=True)
+            followed = self._jobs[job.id] = _Followed(job)
+            followed.placing = asyncio.create_task(self._place(followed))
         followed.watchers.add(inbox)
+        assert followed.placing is not None
+        await asyncio.shield(followed.placing)  # (a watcher leaving meanwhile leaves it to the others)
+
+    async def _place(self, followed: _Followed) -> None:
+        """Start the reader at the end of the job's log, and wake it."""
+        key = keys.events(followed.job.id)
+        try:
+            last = cast(Entries, await self.store.redis.xrevrange(key, count=1))
+            followed.cursor = _seq(last[0][0]) if last else 0
+            self._wanted.set()
+            async with self.store.redis.pipeline(transaction=False) as pipe:
+                pipe.xadd(self._wake_key, {"job": followed.job.id}, maxlen=16, approximate=True)
+                pipe.expire(self._wake_key, WAKE_TTL_S)  # (a process killed leaves no key behind for long)
+                await pipe.execute()
+        except BaseException:
+            if self._jobs.get(followed.job.id) is followed:  # its watchers fail; the next one starts over
+                del self._jobs[followed.job.id]
+            raise
 
     def _unwatch(self, job_id: str, inbox: asyncio.Queue[list[Frame] | object]) -> None:
         followed = self._jobs.get(job_id)
@@ -150,7 +172,7 @@ class EventHub:
             if not self._jobs:
                 self._wanted.clear()
                 await self._wanted.wait()
-            followed_by = {keys.events(job_id): f for job_id, f in self._jobs.items()}
+            followed_by = {keys.events(job_id): f for job_id, f in self._jobs.items() if f.cursor >= 0}
             streams: dict[KeyT, StreamIdT] = {key: f"{f.cursor}-0" for key, f in followed_by.items()}
             streams[self._wake_key] = self._wake_id
             try:
