@@ -9,6 +9,9 @@ into its blocked layout it reaches, measured here on 2 cores: 2.9x MKL for a 16-
 step's MLP, 2.4x for a prefill; 2.1x for an LM head left unpacked. It is the op
 `torch.compile` uses for CPU linears once weights are frozen; results match `F.linear` to
 float32 rounding.
+
+Calls of a few rows (decode steps) go to sidecar.blockq's kernels instead where a weight
+is exactly block-quantized (a GGUF's): the same numbers in a seventh of the bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from . import blockq
+
 log = logging.getLogger(__name__)
 
 ATTENTION = "synthserve_cpu_sdpa"
@@ -32,13 +37,16 @@ PACK_ROWS = 32
 MADV_DONTNEED = 4
 
 
-def optimize(model: torch.nn.Module) -> None:
-    """Apply every swap that this torch build and `model` allow, in place."""
+def optimize(model: torch.nn.Module, folder: str | Path | None = None) -> None:
+    """Apply every swap that this torch build and `model` (loaded from `folder`) allow, in place."""
     if model.config._attn_implementation == "sdpa":
         model.set_attn_implementation(_register_attention())
     fused = fuse_rms_norms(model)
-    linears = use_onednn(model, packed=_page_dropper())
-    log.info("CPU inference: %d linears on oneDNN, %d fused RMSNorms", linears, fused)
+    blocks = blockq.exact_forms(model, folder) if blockq.available() else {}
+    linears = use_onednn(model, packed=_page_dropper(), blocks=blocks)
+    quantized = sum(1 for m in model.modules() if isinstance(m, OneDNNLinear) and m.blocks is not None)
+    log.info("CPU inference: %d linears on oneDNN (%d with exact block-quantized weights for decode steps), "
+             "%d fused RMSNorms", linears, quantized, fused)
 
 
 # ---- attention ----
@@ -74,25 +82,33 @@ class OneDNNLinear(torch.nn.Module):
     embeddings (SmolLM2's LM head) stays dense and shared: packing it would hold a second
     copy, 113 MiB for SmolLM2, for ~3 ms of a 16-row decode step."""
 
-    def __init__(self, linear: torch.nn.Linear, *, pack: bool = True):
+    def __init__(self, linear: torch.nn.Linear, *, pack: bool = True, blocks: blockq.BlockWeight | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         weight = linear.weight.detach()
+        self.blocks = blocks  # the same weight in exact block form, for calls of a few rows
         self.weight = torch.ops.mkldnn._reorder_linear_weight(weight, PACK_ROWS) if pack else weight
         self.bias = None if linear.bias is None else linear.bias.detach()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.blocks is not None and x.numel() <= blockq.MAX_ROWS * self.in_features:
+            y = self.blocks.matmul(x.reshape(-1, self.in_features).contiguous())
+            if self.bias is not None:
+                y += self.bias
+            return y.view(*x.shape[:-1], self.out_features)
         return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.bias is not None}, packed={self.weight.is_mkldnn}")
+                f"bias={self.bias is not None}, packed={self.weight.is_mkldnn}, "
+                f"blocks={self.blocks.kind if self.blocks is not None else None}")
 
 
-def use_onednn(model: torch.nn.Module, packed: Callable[[torch.Tensor], None] | None = None) -> int:
+def use_onednn(model: torch.nn.Module, packed: Callable[[torch.Tensor], None] | None = None, *,
+               blocks: dict[int, blockq.BlockWeight] | None = None) -> int:
     """Swap every float32 `nn.Linear` for a OneDNNLinear; the number swapped (0 when
     oneDNN cannot serve). `packed` is given each dense weight no longer used once its
-    packed copy exists."""
+    packed copy exists; `blocks` (blockq.exact_forms) gives weights their block form too."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
             and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
         return 0
@@ -104,7 +120,7 @@ def use_onednn(model: torch.nn.Module, packed: Callable[[torch.Tensor], None] | 
             for p in m.parameters(recurse=False)}
     for parent, name, child in targets:
         pack = child.weight.data_ptr() not in tied
-        setattr(parent, name, OneDNNLinear(child, pack=pack))
+        setattr(parent, name, OneDNNLinear(child, pack=pack, blocks=(blocks or {}).get(child.weight.data_ptr())))
         if pack and packed is not None:
             packed(child.weight)
     return len(targets)

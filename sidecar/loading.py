@@ -84,7 +84,7 @@ def load(model: str | None = None, device: str | None = None, *, optimize: bool 
         tokenizer.pad_token = tokenizer.eos_token
     lm = lm.to(target).eval()
     if target.type == "cpu" and optimize:
-        cpu.optimize(lm)
+        cpu.optimize(lm, folder)
     return Loaded(lm, tokenizer, model_id)
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from sidecar import cpu
+from sidecar import blockq, cpu
 
 
 def test_every_linear_and_norm_is_swapped(engine):
@@ -100,3 +100,36 @@ def test_an_untied_linear_is_packed_and_equal():
         got = model(x)
     assert model[0].weight.is_mkldnn and model[0].bias is not None
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_gguf_weights_are_kept_in_exact_block_form(engine, plain_model):
+    # SmolLM2's GGUF: Q4_1 linears and a Q8_0 embedding, its LM head
+    linears = {name: m for name, m in engine.model.named_modules() if isinstance(m, cpu.OneDNNLinear)}
+    assert {m.blocks.kind for name, m in linears.items() if name != "lm_head"} == {"q4_1"}
+    assert linears["lm_head"].blocks.kind == "q8_0"
+    plain = dict(plain_model.named_modules())
+    x = torch.randn(blockq.MAX_ROWS, engine.hidden_size)
+    for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.up_proj", "lm_head"):
+        want = x @ plain[name].weight.T
+        for rows in (1, blockq.MAX_ROWS):
+            got = linears[name].blocks.matmul(x[:rows].contiguous())
+            assert torch.allclose(got, want[:rows], rtol=1e-5, atol=1e-5)
+
+
+def test_a_decode_step_on_block_weights_equals_plain_transformers(engine, plain_model):
+    # rows <= MAX_ROWS: every linear of this forward runs on the block kernels
+    ids = torch.tensor([engine.encode("The capital of France is")[:blockq.MAX_ROWS]])
+    with torch.inference_mode():
+        got, want = engine.model(input_ids=ids).logits, plain_model(input_ids=ids).logits
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert torch.allclose(got, want, rtol=1e-3, atol=1e-3)
+
+
+def test_weights_not_block_quantized_keep_float32(tmp_path):
+    model = torch.nn.Sequential(torch.nn.Linear(64, 48))  # random weights: no exact block form
+    assert blockq.exact_form(model[0].weight) is None
+    assert blockq.exact_forms(model) == {}
+    q = torch.randint(0, 16, (48, 2, 32)).float()
+    q[..., 0], q[..., 1] = 0, 15  # as ggml quantizes: each block's min and max are its ends
+    form = blockq.exact_form((q * 0.5 - 3).view(48, 64))  # q * d + m
+    assert form.kind == "q4_1" and torch.equal(form.d, torch.full((48, 2), 0.5))
