@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-PREFIX = "synthserve"
 from redis.typing import EncodableT, FieldT
 
+PREFIX = "synthserve"
 QUEUE = f"{PREFIX}:queue"
 GROUP = "workers"
 CANCEL_CHANNEL = f"{PREFIX}:cancel"
@@ -96,9 +96,6 @@ class Event(StrEnum):
     INDEX = "i"    # field of a row event: the output index
 
 
-def owner_index(owner: str | None) -> str:
-    return f"{PREFIX}:jobs:{owner or '-'}"
-
 # Every client of the engine decodes replies (decode_responses=True): they are str, which
 # redis-py types as bytes | str, so reads are cast once, where they are made, to these.
 Hash = dict[str, str]
@@ -106,6 +103,9 @@ Entries = list[tuple[str, dict[str, str]]]  # XRANGE
 StreamReply = list[tuple[str, Entries]]  # XREAD, XREADGROUP
 Fields = dict[FieldT, EncodableT]  # what HSET mapping= and XADD take
 
+
+def owner_index(owner: str | None) -> str:
+    return f"{PREFIX}:jobs:{owner or '-'}"
 
 
 def job(job_id: str) -> str:

@@ -119,8 +119,6 @@ class JobSpec(BaseModel):
     has_rows: bool = True  # False for generators: no input rows travel with the chunks
     cache: bool | Literal["refresh"] = True  # the LLM-call cache (llm_clients.cache)
     max_cost_usd: float | None = None  # the budget of the job's calls (app.spend.JobBudget)
-    cache: bool | Literal["refresh"] = True  # the LLM-call cache (llm_clients.cache)
-    max_cost_usd: float | None = None  # the budget of the job's calls (app.spend.JobBudget)
 
     @property
     def whole(self) -> bool:

@@ -21,8 +21,8 @@ from redis.asyncio import Redis
 from tasks import Task, TaskRun
 
 from . import keys
-from .models import Job, JobRequest, JobSpec, new_job_id, now_iso
 from .keys import QUEUE, SNAPSHOT, Event, Field, Fields, JobStatus
+from .models import Job, JobRequest, JobSpec, new_job_id, now_iso
 
 
 @dataclass(slots=True)
@@ -69,7 +69,7 @@ def keep_inputs(pipe: Any, job_id: str, units: Iterable[int], rows: list[dict[st
                                             for u, row in zip(units, rows)})
 
 
-def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> dict[str, str]:
+def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> Fields:
     """One queue entry: a chunk of a job's units, with their input rows when the task takes
     rows (they travel with the chunk: a worker reads both at once)."""
     entry: Fields = {"job": job_id, "units": ",".join(map(str, units))}
