@@ -4,6 +4,7 @@ into JSONL, CSV or Parquet; failed rows, resume, exit codes, plain progress line
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import httpx
@@ -114,8 +115,8 @@ def test_jobs_commands(service, mock, tmp_path):
         assert got.returncode == 0, got.stderr
         df = pd.read_json(path, lines=True) if fmt == "jsonl" else pd.read_csv(path) if fmt == "csv" else pd.read_parquet(path)
         assert list(df["generation"]) == ["Echo: row 0", "Echo: row 1", "Echo: row 2"]
-    retried = synthserve("jobs", "retry", job_id, "--server", service.url)
-    assert retried.returncode in (0, 2)  # POST /jobs/{id}/retry is a v2 route: 2 with the server's 404 before it lands
+    retried = synthserve("jobs", "retry", job_id, "--server", service.url)  # nothing failed: nothing to do
+    assert retried.returncode == 0 and json.loads(retried.stdout)["id"] == job_id, retried.stderr
     unknown = synthserve("jobs", "cancel", "job_nope", "--server", service.url)
     assert unknown.returncode == 2 and "job_nope" in unknown.stderr
     assert httpx.get(f"{service.url}/jobs/{job_id}").json()["status"] in ("completed", "queued", "running")

@@ -99,6 +99,23 @@ def test_params_form_from_the_schema_and_a_422_shown(service, mock, page):
     expect(page.locator('#output tr[data-key="0"] td[data-column="positive"]')).to_have_text("another sentence")
 
 
+def test_retry_a_job_with_a_failed_row(service, mock, page):
+    mock.script([{"match": "flaky", "status": 400}])
+    open_task(page, service.url, "text-generation")
+    fill_rows(page, ["steady 0", "flaky 1", "steady 2"])
+    page.click("#submit-job")
+    expect(page.locator("#message")).to_contain_text("submitted")
+    job_id = re.search(r"job_\w+", page.locator("#message").inner_text()).group(0)
+    row = page.locator(f'#jobs tr[data-job="{job_id}"]')
+    expect(row.locator("td.progress")).to_contain_text("3/3, 1 failed")
+    expect(page.locator("#events")).to_contain_text("row 1 failed")
+    mock.reset()
+    page.click("#retry-job")
+    expect(page.locator("#job-title")).to_have_text(f"{job_id}: completed")
+    expect(row.locator("td.progress")).to_have_text(re.compile(r"100%\s*3/3$"))
+    assert [r["body"]["messages"][-1]["content"] for r in mock.requests()] == ["flaky 1"]
+
+
 def test_cancel_a_running_job(service, mock, page):
     mock.configure(latency_ms=2000)
     open_task(page, service.url, "text-generation")

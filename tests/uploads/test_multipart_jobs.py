@@ -100,6 +100,23 @@ async def test_bad_files_are_refused_before_anything_runs(service, mock, name, c
     assert mock.stats()["requests"] == 0
 
 
+async def test_a_failed_row_past_the_first_batch_is_retried(service, mock):
+    mock.script([{"match": "retry me", "status": 400}])
+    rows = [{"instruction": f"upload retry {i}"} for i in range(1500)]
+    rows[1234]["instruction"] = "retry me"
+    async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
+        r = await client.post("/jobs", files={"file": ("rows.jsonl", as_file(rows, "jsonl"))}, data={"job": JOB})
+        job_id = r.json()["id"]
+        assert (await finished(client, job_id))["progress"] == {"total": 1500, "completed": 1499, "failed": 1}
+        mock.reset()
+        r = await client.post(f"/jobs/{job_id}/retry")
+        assert r.status_code == 200, r.text
+        assert (await finished(client, job_id))["progress"] == {"total": 1500, "completed": 1500, "failed": 0}
+        results = [json.loads(line) for line in (await client.get(f"/jobs/{job_id}/results")).text.splitlines()]
+    assert results[1234]["generation"] == "Echo: retry me" and results[1234]["error"] is None
+    assert [r["body"]["messages"][-1]["content"] for r in mock.requests()] == ["retry me"]
+
+
 async def test_no_file_part_and_json_bodies_still_work(service, mock):
     async with httpx.AsyncClient(base_url=service.url, timeout=60) as client:
         r = await client.post("/jobs", data={"job": JOB}, files={"other": ("x.jsonl", b"{}")})

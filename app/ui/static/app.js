@@ -11,6 +11,7 @@ const state = {
   kind: null, name: null, detail: null, // the task or pipeline picked
   run: null, // AbortController of "Run now"
   jobId: null, follow: null, // the job shown, and the AbortController of its event stream
+  lastEvent: {}, // job id -> the last event id seen: a retried job's stream goes on from there
 };
 
 // ---- HTTP ----
@@ -55,6 +56,7 @@ async function* events(response) {
       const block = buffer.slice(0, cut);
       buffer = buffer.slice(cut + 2);
       let event = "message";
+      let id = null;
       const data = [];
       for (const line of block.split("\n")) {
         if (!line || line.startsWith(":")) continue;
@@ -62,9 +64,10 @@ async function* events(response) {
         const field = colon < 0 ? line : line.slice(0, colon);
         const text = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
         if (field === "event") event = text;
+        else if (field === "id") id = text;
         else if (field === "data") data.push(text);
       }
-      if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
+      if (data.length) yield { event, id, data: JSON.parse(data.join("\n")) };
     }
   }
 }
@@ -354,17 +357,23 @@ function logEvent(text) {
   list.scrollTop = list.scrollHeight;
 }
 
-async function showJob(id) {
+async function showJob(id, { goOn = false } = {}) {
   if (state.follow) state.follow.abort();
   const controller = state.follow = new AbortController();
   state.jobId = id;
   $("#job-detail").hidden = false;
-  $("#events").replaceChildren();
+  if (!goOn) {
+    $("#events").replaceChildren();
+    delete state.lastEvent[id];
+  }
   for (const tr of document.querySelectorAll("#jobs tr[data-job]")) tr.classList.toggle("selected", tr.dataset.job === id);
   updateJob(await getJSON(`/jobs/${id}`));
   try {
-    const response = await api("GET", `/jobs/${id}/events`, null, controller.signal);
-    for await (const { event, data } of events(response)) {
+    const after = state.lastEvent[id] ? { "Last-Event-ID": state.lastEvent[id] } : {};
+    const response = await fetch(`/jobs/${id}/events`, { headers: headers(after), signal: controller.signal });
+    if (!response.ok) throw await failure(response);
+    for await (const { event, id: eventId, data } of events(response)) {
+      if (eventId) state.lastEvent[id] = eventId;
       if (event === "row") logEvent(`row ${data.index ?? data.id}${data.row.error ? ` failed: ${data.row.error.message}` : ""}`);
       else {
         const { done, total } = progressOf(data);
@@ -380,7 +389,7 @@ async function showJob(id) {
 async function jobAction(action) {
   const job = await (await api("POST", `/jobs/${state.jobId}/${action}`)).json();
   updateJob(job);
-  if (action === "retry") showJob(job.id);
+  if (action === "retry") showJob(job.id, { goOn: true }); // its new events follow the old ones
 }
 
 async function download() {
