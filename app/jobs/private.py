@@ -35,6 +35,7 @@ START_TIMEOUT_S = 60.0  # a long append-only file takes a while to load
 LOCK_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
 PR_SET_PDEATHSIG = 1
+MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path, less its NUL
 
 
 class PrivateRedisError(RuntimeError):
@@ -65,6 +66,9 @@ async def private_redis(data_dir: str | os.PathLike[str]) -> AsyncIterator[str]:
     """Run redis-server under `data_dir` for the duration; -> its URL."""
     exe = redis_server()
     path = Path(data_dir).resolve()
+    if len(bytes(path / SOCKET)) > MAX_SOCKET_PATH:
+        raise PrivateRedisError(f"[jobs] data_dir {path} is too long a path for the private Redis's unix "
+                                f"socket ({SOCKET} under it: at most {MAX_SOCKET_PATH} bytes); choose a shorter one")
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "lock", "w") as lock:
         await _lock(lock, path)

@@ -10,8 +10,9 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
-from app.jobs.private import socket_url
+from app.jobs.private import PrivateRedisError, private_redis, socket_url
 from tests.conftest import ROOT
 from tests.ops.conftest import Process, wait_healthy
 from tests.service import free_port, serve
@@ -85,3 +86,9 @@ def test_no_redis_server_and_no_redis_url_refuses_to_start(tmp_path, data_dir):
                            "--port", str(free_port())], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "apt-get install redis-server" in done.stderr and "redis_url" in done.stderr
+
+
+async def test_a_data_dir_too_long_for_a_socket_is_named(tmp_path):
+    with pytest.raises(PrivateRedisError, match="too long"):
+        async with private_redis(tmp_path / ("d" * 120)):
+            pass
