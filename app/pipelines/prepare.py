@@ -31,6 +31,10 @@ def definition(state: AppState, ref: str | dict[str, Any]) -> Pipeline:
 
 
 def plan(state: AppState, pipeline: Pipeline, seed: int | None = None) -> Plan:
+    limit = state.settings.server.max_field_chars
+    where = oversized(pipeline.model_dump(mode="json"), "pipeline", limit)
+    if where is not None:
+        raise TooLarge(f"{where}: longer than max_field_chars ({limit} characters)")
     return build(pipeline, state.registry, state.backend, seed=secrets.randbelow(2**31) if seed is None else seed)
 
 

@@ -209,3 +209,20 @@ async def test_pipeline_files(mock, tmp_path):
         assert good["inputs"] == ["instruction"] and good["outputs"] == ["instruction", "generation", "model_name"]
         r = await client.post("/pipelines/good", json={"rows": [{"instruction": "hi"}]})
         assert r.json()["pipeline"] == "good" and r.json()["rows"][0]["generation"] == "Echo: hi"
+
+
+async def test_hostile_expressions_fail_their_row_only(mock):
+    pipeline = {"steps": [
+        {"name": "busy", "filter": "(range(10**7) | list | length) > 0 if instruction == 'loop' else true"},
+        {"name": "pick", "keep": {"instruction": "instruction", "big": "'x' * 10**9 if instruction == 'big' else 1"}},
+    ]}
+    rows = [{"instruction": "loop"}, {"instruction": "big"}, {"instruction": "fine"}]
+    async with serve(mock_settings(mock.url)) as client:
+        body = (await client.post("/pipelines", json={"pipeline": pipeline, "rows": rows})).json()
+        loop, big, fine = body["rows"]
+        assert loop["error"]["type"] == "filter_error" and loop["error"]["step"] == "busy"
+        assert big["error"]["type"] == "keep_error" and big["error"]["step"] == "pick"
+        assert fine == {**fine, "instruction": "fine", "big": 1, "error": None}
+        r = await client.post("/pipelines", json={"pipeline": {"steps": [{"name": "f", "filter": "instruction.__class__.__mro__"}]},
+                                                  "rows": rows})
+        assert r.status_code == 200 and all(row["error"]["type"] == "filter_error" for row in r.json()["rows"])
