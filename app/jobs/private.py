@@ -4,9 +4,9 @@ data_dir`, so its jobs survive a restart (kill -9 included: the next start reope
 same directory). `synthserve worker` can join it with redis_url = "unix://<data_dir>/redis.sock".
 
 The child dies with its parent (PR_SET_PDEATHSIG on Linux: a kill -9 of the server stops
-it too, cleanly: SIGTERM lets Redis flush its log). A lock file held by the server and the
-child keeps a second server from opening the same directory; a restart waits for the last
-one's Redis to be gone.
+it too, cleanly: SIGTERM lets Redis flush its log), and is started again should it exit on
+its own. A lock file held by the server and the child keeps a second server from opening
+the same directory; a restart waits for the last one's Redis to be gone.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ SOCKET = "redis.sock"
 START_TIMEOUT_S = 60.0  # a long append-only file takes a while to load
 LOCK_TIMEOUT_S = 15.0
 STOP_TIMEOUT_S = 10.0
+RESTART_DELAY_S = 1.0
 PR_SET_PDEATHSIG = 1
 MAX_SOCKET_PATH = 107  # sockaddr_un.sun_path, less its NUL
 
@@ -72,20 +73,53 @@ async def private_redis(data_dir: str | os.PathLike[str]) -> AsyncIterator[str]:
     path.mkdir(parents=True, exist_ok=True)
     with open(path / "lock", "w") as lock:
         await _lock(lock, path)
-        proc = await asyncio.create_subprocess_exec(
-            exe, "--port", "0", "--unixsocket", str(path / SOCKET), "--unixsocketperm", "700",
-            "--dir", str(path), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-            "--logfile", "redis.log", "--daemonize", "no",
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            pass_fds=(lock.fileno(),),  # the lock stays held while this Redis runs
-            preexec_fn=_die_with_parent, start_new_session=True)  # Ctrl-C reaches the server, which stops it
+        server = _Server(exe, path, lock.fileno())
+        await server.start()
+        keeper = asyncio.create_task(server.keep_alive(), name="private-redis")
         try:
-            url = socket_url(path)
-            await _wait_ready(url, proc, path)
-            log.info("private redis-server (pid %d) on %s", proc.pid, url)
-            yield url
+            yield server.url
         finally:
-            await _stop(proc)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await server.stop()
+
+
+class _Server:
+    """The redis-server child. Should it exit while the API runs, it is started again on the
+    same directory (its append-only file brings the jobs back): the API answers 503 meanwhile."""
+
+    def __init__(self, exe: str, path: Path, lock_fd: int):
+        self.exe, self.path, self.lock_fd = exe, path, lock_fd
+        self.url = socket_url(path)
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        self.proc = await asyncio.create_subprocess_exec(
+            self.exe, "--port", "0", "--unixsocket", str(self.path / SOCKET), "--unixsocketperm", "700",
+            "--dir", str(self.path), "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+            "--logfile", "redis.log", "--pidfile", str(self.path / "redis.pid"), "--daemonize", "no",
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            pass_fds=(self.lock_fd,),  # the lock stays held while this Redis runs
+            preexec_fn=_die_with_parent, start_new_session=True)  # Ctrl-C reaches the server, which stops it
+        await _wait_ready(self.url, self.proc, self.path)
+        log.info("private redis-server (pid %d) on %s", self.proc.pid, self.url)
+
+    async def keep_alive(self) -> None:
+        while True:
+            assert self.proc is not None
+            status = await self.proc.wait()
+            log.error("the private redis-server exited (status %s): starting it again", status)
+            while True:
+                try:
+                    await self.start()
+                    break
+                except PrivateRedisError as exc:
+                    log.error("%s", exc)
+                    await asyncio.sleep(RESTART_DELAY_S)
+
+    async def stop(self) -> None:
+        if self.proc is not None:
+            await _stop(self.proc)
 
 
 async def _lock(lock, path: Path) -> None:

@@ -4,7 +4,9 @@ of the server; `synthserve worker` can join it; without redis-server it refuses 
 
 from __future__ import annotations
 
+import asyncio
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +19,7 @@ from tests.conftest import ROOT
 from tests.ops.conftest import Process, wait_healthy
 from tests.service import free_port, serve
 
-from .conftest import jobs_settings, results, text_rows, wait_job
+from .conftest import get_job, jobs_settings, results, text_rows, wait_for, wait_job
 
 
 def default_config(path: Path, mock_url: str, data_dir: str) -> Path:
@@ -92,3 +94,21 @@ async def test_a_data_dir_too_long_for_a_socket_is_named(tmp_path):
     with pytest.raises(PrivateRedisError, match="too long"):
         async with private_redis(tmp_path / ("d" * 120)):
             pass
+
+
+async def test_the_private_redis_is_started_again_if_it_dies(mock, data_dir):
+    async with serve(jobs_settings(mock.url, None, data_dir=data_dir)) as client:
+        job = (await client.post("/jobs", json={"task": "text-generation", "rows": text_rows(3)})).json()
+        await wait_job(client, job["id"])
+        await asyncio.sleep(1.5)  # (appendfsync everysec: the job is on disk)
+        pid = int((Path(data_dir) / "redis.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+        async def back() -> bool:
+            r = await client.get(f"/jobs/{job['id']}")
+            assert r.status_code in (200, 503), r.text  # 503 while it restarts, never a 500
+            return r.status_code == 200
+        await wait_for(back, timeout=30, interval=0.05)
+        assert int((Path(data_dir) / "redis.pid").read_text()) != pid
+        assert (await get_job(client, job["id"]))["status"] == "completed"  # back from its append-only file
+        assert [r["index"] for r in await results(client, job["id"])] == [0, 1, 2]
