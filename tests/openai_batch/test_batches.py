@@ -5,13 +5,19 @@ finished lines, bad input files refused naming the line."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from functools import partial
 
 import httpx
 import openai
 import pytest
-from openai import OpenAI
+from openai import AsyncOpenAI, OpenAI
+
+from app.config import BackendConfig, JobsConfig, Settings
+from tests.jobs.conftest import RedisServer, wait_for
+from tests.service import serve
 
 
 def sdk(service) -> OpenAI:
@@ -146,3 +152,38 @@ def test_a_batch_past_its_window_expires_keeping_its_finished_lines(service, moc
     assert len(client.files.content(done.output_file_id).text.splitlines()) == done.request_counts.completed
     with pytest.raises(openai.UnprocessableEntityError):
         client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="soon")
+
+
+
+async def test_an_embeddings_batch_on_a_backend_that_embeds(mock, tmp_path):
+    """A service of its own with a `tgi` backend on the mock (which serves TGI's /embed as
+    `synthserve sidecar` does; its /info names a plain TGI, so embeddings are turned on by
+    hand, as in tests/tasks), running its jobs itself on a redis-server of the test's."""
+    redis = RedisServer(tmp_path)
+    settings = Settings(backends={"embedder": BackendConfig(provider="tgi", base_url=mock.url)},
+                        jobs=JobsConfig(redis_url=redis.url, consume=True))
+    try:
+        async with serve(settings) as http:
+            http.app.state.synth.backends["embedder"].capabilities |= {"embed"}
+            client = AsyncOpenAI(base_url=str(http.base_url) + "/v1", api_key="unused", max_retries=0, timeout=30)
+            texts = [["alpha"], ["beta", "gamma"]]
+            content = "".join(json.dumps({"custom_id": f"e-{i}", "method": "POST", "url": "/v1/embeddings",
+                                          "body": {"model": "embedder", "input": t if len(t) > 1 else t[0]}}) + "\n"
+                              for i, t in enumerate(texts))
+            uploaded = await client.files.create(file=("emb.jsonl", content.encode()), purpose="batch")
+            batch = await client.batches.create(input_file_id=uploaded.id, endpoint="/v1/embeddings",
+                                                completion_window="24h")
+            done = await wait_for(partial(_finished, client, batch.id), timeout=30)
+            assert done.status == "completed" and done.request_counts.completed == 2
+            lines = (await client.files.content(done.output_file_id)).text.splitlines()
+            out = {line["custom_id"]: line["response"]["body"] for line in map(json.loads, lines)}
+    finally:
+        redis.close()
+    expected = lambda text: [b / 255 - 0.5 for b in hashlib.sha256(text.encode()).digest()[:16]]  # noqa: E731
+    assert [d["embedding"] for d in out["e-1"]["data"]] == [expected("beta"), expected("gamma")]
+    assert out["e-0"]["data"][0]["embedding"] == expected("alpha") and out["e-0"]["object"] == "list"
+
+
+async def _finished(client: AsyncOpenAI, batch_id: str):
+    batch = await client.batches.retrieve(batch_id)
+    return batch if batch.status in ("completed", "failed", "cancelled") else None
