@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from llm_clients import LLMClient
+from llm_clients import LLMClient, Usage
 from tasks import Registry
 
 from .. import encoding
@@ -128,17 +128,17 @@ class Tree:
 
     going: dict[str, Item]
     final: list[Item] = field(default_factory=list)
-    usage: tuple[int, int] = (0, 0)
+    usage: Usage = field(default_factory=Usage)
 
     def dump(self) -> str:
         # app.encoding: rows hold answers, which may hold inf or lone surrogates
         return encoding.dumps({"going": [i.dump() for i in self.going.values()],
-                               "final": [i.dump() for i in self.final], "usage": self.usage}).decode()
+                               "final": [i.dump() for i in self.final], "usage": self.usage.as_dict()}).decode()
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> Tree:
         going = [Item.load(i) for i in data["going"]]
-        return cls({i.id: i for i in going}, [Item.load(i) for i in data["final"]], tuple(data["usage"]))
+        return cls({i.id: i for i in going}, [Item.load(i) for i in data["final"]], Usage(**data["usage"]))
 
 
 @dataclass
@@ -190,15 +190,15 @@ class PipelineJob:
                     tree.final.append(out)
                 else:
                     tree.going[out.id] = out
-            u = outcome.usage
-            tree.usage = (tree.usage[0] + u.input_tokens, tree.usage[1] + u.output_tokens)
+            tree.usage = tree.usage + outcome.usage
             # stored before the row's next call: what is paid for is never asked again
             await checkpoint(keys=[keys.job(self.job_id), keys.checkpoints(self.job_id)],
                              args=[unit, tree.dump(), steps[item.step].step.name, json.dumps(outcome.counts())])
 
         await all_or_none(self.executor.walk(item, stepped, lambda _: None) for item in list(tree.going.values()))
         rows = [(None, item.final()) for item in sorted(tree.final, key=lambda i: sort_key(i.id))]
-        on_unit(UnitResult(unit, rows, tree.usage))
+        u = tree.usage
+        on_unit(UnitResult(unit, rows, (u.input_tokens, u.output_tokens), u.cost_usd, u.cached_calls))
 
     def error_units(self, chunk: Chunk, units: list[int], message: str) -> list[UnitResult]:
         """Units given up on (max_row_attempts): the input row, with the error."""

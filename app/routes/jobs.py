@@ -43,6 +43,8 @@ async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: 
                      owner: PrincipalDep) -> dict[str, Any] | Response:
     request.state.task = body.task  # for the access log
     if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
+        return (await jobs.submit(await pipeline_job(state, body, owner))).public()
+    if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
         sub = await pipeline_job(state, body, owner)
         return JSONBytes(sub) if isinstance(sub, dict) else (await jobs.submit(sub)).public()  # (dict: dry_run)
     assert body.task is not None  # (JobRequest: a task or a pipeline)
@@ -104,6 +106,9 @@ async def cancel_job(job: OwnedJobDep, jobs: JobsDep) -> dict[str, Any]:
 async def retry_job(job: OwnedJobDep, jobs: JobsDep, state: StateDep,
                     body: RetryRequest | None = None) -> dict[str, Any]:
     """Run again every row with an `error` or no result, under the same id (app.jobs.retry)."""
+    if job.pipeline is not None:  # its rows are trees of rows, which app.jobs.retry does not know
+        raise InvalidInput(f"job {job.id!r} runs a pipeline: its jobs cannot be retried row by row; submit it "
+                           "again (the call cache answers every step already paid for)")
     status = await retry.retry_job(jobs, job.id, max_cost_usd=body.max_cost_usd if body else None,
                                    chunk_units=state.settings.jobs.chunk_units)
     if status == "gone":
