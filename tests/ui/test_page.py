@@ -6,9 +6,15 @@ nothing from another host, nor does /redoc."""
 from __future__ import annotations
 
 import json
+import os
 import re
 
+import httpx
 from playwright.sync_api import Page, expect
+
+from tests.jobs.conftest import RedisServer
+from tests.ops.conftest import Process, wait_healthy
+from tests.service import free_port
 
 
 def fill_rows(page: Page, texts: list[str]) -> None:
@@ -141,3 +147,31 @@ def test_ui_and_docs_load_nothing_from_another_host(service, page):
     assert any(url.endswith("/swagger-ui-bundle.js") for url in requested)
     html = "".join(page.request.get(service.url + path).text() for path in ("/docs", "/ui"))
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
+
+
+def test_the_page_with_api_keys(mock, page, tmp_path):
+    """A server with keys: the page asks for one, sends it as Authorization: Bearer, keeps it."""
+    redis = RedisServer(tmp_path)
+    config = tmp_path / "keys.toml"
+    config.write_text(f'[server]\napi_keys_env = "UI_TEST_KEYS"\n[backends.mock]\nprovider = "openai"\n'
+                      f'base_url = "{mock.url}/v1"\nmodel = "mock-model"\n'
+                      f'[jobs]\nredis_url = "{redis.url}"\nconsume = true\n')
+    server = Process(["serve", "--config", str(config), "--port", str(port := free_port())], tmp_path / "serve.log",
+                     {**os.environ, "PYTHONUNBUFFERED": "1", "UI_TEST_KEYS": "page-key"})
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_healthy(url, server)
+        page.goto(url + "/ui")
+        expect(page.locator("#message")).to_contain_text("401")
+        page.fill("#api-key", "page-key")
+        page.locator("#api-key").dispatch_event("change")
+        open_task(page, url, "text-generation")  # a reload: the key was kept
+        fill_rows(page, ["with a key"])
+        page.click("#submit-job")
+        expect(page.locator("#message")).to_contain_text("submitted")
+        job_id = re.search(r"job_\w+", page.locator("#message").inner_text()).group(0)
+        expect(page.locator(f'#jobs tr[data-job="{job_id}"] td.status')).to_have_text("completed")
+        assert httpx.get(f"{url}/jobs/{job_id}", headers={"Authorization": "Bearer page-key"}).status_code == 200
+    finally:
+        server.close()
+        redis.close()
