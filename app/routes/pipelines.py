@@ -17,6 +17,7 @@ from .. import sse
 from ..deps import StateDep, wants_sse
 from ..encoding import JSONBytes
 from ..errors import SynthserveError
+from ..schemas import UsageOut
 from ..pipelines import catalog, prepare
 from ..pipelines.check import DedupPlan, Plan
 from ..pipelines.dedup import DedupIndex
@@ -57,13 +58,47 @@ class InlinePipelineRequest(PipelineRunRequest):
     pipeline: dict[str, Any] = Field(description="The definition: {name, description, steps}.")
 
 
-@router.get("/pipelines")
+class PipelineInfo(BaseModel):
+    name: str
+    description: str
+    steps: list[dict[str, Any]] = Field(description="Task, filter, dedup and keep steps (docs/pipelines.md).")
+
+
+class PipelineList(BaseModel):
+    pipelines: list[PipelineInfo]
+
+
+class PipelineDetail(PipelineInfo):
+    inputs: list[str] = Field(description="Columns every input row must have.")
+    outputs: list[str] = Field(description="Columns of a final row (besides id, metadata, error).")
+    mermaid: str = Field(description="The graph as a Mermaid flowchart.")
+
+
+class StepCounts(BaseModel):
+    rows_in: int
+    rows_out: int = Field(description="Rows that left the step (after explode), without an error.")
+    failed: int
+    filtered: int = Field(description="Rows a filter or dedup step dropped.")
+    usage: UsageOut
+
+
+class PipelineResponse(BaseModel):
+    pipeline: str
+    rows: list[dict[str, Any]] = Field(description="Final rows, sorted by id: id, columns, metadata, error.")
+    failed: int
+    filtered: int
+    usage: UsageOut
+    seed: int
+    steps: dict[str, StepCounts]
+
+
+@router.get("/pipelines", response_model=PipelineList)
 async def list_pipelines(state: StateDep) -> dict:
     found = await asyncio.to_thread(catalog.load_all, state.settings)
     return {"pipelines": [p.public() for p in found.values()]}
 
 
-@router.get("/pipelines/{name}", responses=ERRORS)
+@router.get("/pipelines/{name}", response_model=PipelineDetail, responses=ERRORS)
 async def describe_pipeline(name: str, state: StateDep) -> dict:
     def describe() -> dict:
         pipeline = catalog.get(state.settings, name)
@@ -72,13 +107,13 @@ async def describe_pipeline(name: str, state: StateDep) -> dict:
     return await asyncio.to_thread(describe)
 
 
-@router.post("/pipelines/{name}", responses={200: {"content": SSE_DOC, "description": "JSON, or server-sent events"},
+@router.post("/pipelines/{name}", response_model=PipelineResponse, responses={200: {"content": SSE_DOC, "description": "JSON, or server-sent events"},
                                              **ERRORS})
 async def run_named(name: str, body: PipelineRunRequest, request: Request, state: StateDep):
     return await _run(state, name, body, request)
 
 
-@router.post("/pipelines", responses={200: {"content": SSE_DOC, "description": "JSON, or server-sent events"},
+@router.post("/pipelines", response_model=PipelineResponse, responses={200: {"content": SSE_DOC, "description": "JSON, or server-sent events"},
                                       **ERRORS})
 async def run_inline(body: InlinePipelineRequest, request: Request, state: StateDep):
     return await _run(state, body.pipeline, body, request)
