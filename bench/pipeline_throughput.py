@@ -80,7 +80,8 @@ async def job_rate(mock, redis_server: RedisServer, tmp: Path, workers: int, n: 
             p.wait_ready()
         async with serve(settings) as client:
             start = time.perf_counter()
-            r = await client.post("/jobs", json={"pipeline": PIPELINE, "rows": rows(n), "include_raw": False})
+            r = await client.post("/jobs", json={"pipeline": PIPELINE, "rows": rows(n), "include_raw": False,
+                                                 "cache": False})
             r.raise_for_status()
             job_id = r.json()["id"]
             while True:
