@@ -277,8 +277,7 @@ class CachedClient:
         if self._cache is None:
             return "", None
         options = kwargs.given() if kwargs is not None else {}
-        # the structured-output schema rides outside `given` (a private attribute)
-        schema = getattr(kwargs, "json_schema", None)
+        schema = kwargs.json_schema if kwargs is not None else None  # (not one of `given`)
         material = json.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
                               sort_keys=True, ensure_ascii=False, separators=(",", ":"))
         digest = hashlib.sha256(material.encode()).hexdigest()

@@ -76,6 +76,8 @@ DIFFERENT = {
     "kwargs: stop": lambda c, llm: c.client(llm).chat(USER, GenerationKwargs(temperature=0.7, max_new_tokens=20, stop=["x"])),
     "kwargs: top_p": lambda c, llm: c.client(llm).chat(USER, GenerationKwargs(temperature=0.7, max_new_tokens=20, top_p=0.5)),
     "n": lambda c, llm: c.client(llm).chat(USER, KW, n=2),
+    "structured-output schema": lambda c, llm: c.client(llm).chat(
+        USER, KW.with_json_schema({"type": "object", "properties": {"a": {"type": "string"}}})),
 }
 
 
