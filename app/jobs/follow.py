@@ -144,7 +144,7 @@ class EventHub:
             followed.cursor = _seq(last[0][0]) if last else 0
             self._wanted.set()
             async with self.store.redis.pipeline(transaction=False) as pipe:
-                pipe.xadd(self._wake_key, {"job": followed.job.id}, maxlen=16, approximate=True)
+                pipe.xadd(self._wake_key, {keys.Entry.JOB: followed.job.id}, maxlen=16, approximate=True)
                 pipe.expire(self._wake_key, WAKE_TTL_S)  # (a process killed leaves no key behind for long)
                 await pipe.execute()
         except BaseException:

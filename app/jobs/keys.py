@@ -3,8 +3,8 @@ channel, every field of the job hash and of its events, the job statuses. The Lu
 scripts (scripts.py) get the same names through `LUA_NAMES`, so Python and Lua cannot
 disagree.
 
-    synthserve:queue                 stream   one entry per chunk of units: {job, units, rows (their
-                                              input rows, JSON)}; deleted when acknowledged
+    synthserve:queue                 stream   one entry per chunk of units: Entry.* {job, units, rows
+                                              (their input rows, JSON), retry}; deleted when acknowledged
         group "workers"                       every worker reads through it; the PEL is the
                                               set of chunks in flight, per consumer
     synthserve:cancel                channel  job ids cancelled or deleted (workers drop their work)
@@ -86,6 +86,15 @@ SNAPSHOT = (Field.STATUS, Field.TOTAL, Field.COMPLETED, Field.FAILED, Field.INPU
             Field.COST_USD, Field.CACHED_CALLS, Field.STARTED_AT, Field.FINISHED_AT, Field.ERROR, Field.STEPS)
 
 
+class Entry(StrEnum):
+    """Fields of a queue entry (one chunk of a job)."""
+
+    JOB = "job"
+    UNITS = "units"    # its units, "0,1,2"
+    ROWS = "rows"      # their input rows, a JSON list (tasks that take rows)
+    RETRY = "retry"    # "1": put back by POST /jobs/{id}/retry (app.jobs.retry)
+
+
 class Event(StrEnum):
     """Event kinds, and the fields of an event entry."""
 
@@ -112,25 +121,34 @@ def job(job_id: str) -> str:
     return f"{PREFIX}:job:{job_id}"
 
 
+class Part(StrEnum):
+    """The other keys of a job: keys.job(id) + the part (the Lua builds them as JOB .. P.<part>)."""
+
+    UNITS = ":units"
+    RESULTS = ":results"
+    EVENTS = ":events"
+    CHECKPOINTS = ":checkpoints"
+    INPUTS = ":inputs"
+
+
 def units(job_id: str) -> str:
-    return f"{job(job_id)}:units"
+    return job(job_id) + Part.UNITS
 
 
 def results(job_id: str) -> str:
-    return f"{job(job_id)}:results"
+    return job(job_id) + Part.RESULTS
 
 
 def events(job_id: str) -> str:
-    return f"{job(job_id)}:events"
+    return job(job_id) + Part.EVENTS
 
 
 def checkpoints(job_id: str) -> str:
-    return f"{job(job_id)}:checkpoints"
+    return job(job_id) + Part.CHECKPOINTS
 
 
 def inputs(job_id: str) -> str:
-    """(the Lua of scripts.py names it as JOB .. ':inputs')"""
-    return f"{job(job_id)}:inputs"
+    return job(job_id) + Part.INPUTS
 
 
 def wake(process: str) -> str:
@@ -150,11 +168,14 @@ def _lua_table(name: str, values: dict[str, str]) -> str:
     return f"local {name} = {{" + ", ".join(f"{k.lower()} = '{v}'" for k, v in values.items()) + "}"
 
 
-# The Lua side of this module: F.status, S.running, E.row, SNAPSHOT, PROGRESS_INTERVAL_MS
+# The Lua side of this module: F.status, S.running, E.row, Q.units, P.inputs, SNAPSHOT,
+# PROGRESS_INTERVAL_MS
 LUA_NAMES = "\n".join([
     _lua_table("F", {f.name: f.value for f in Field}),
     _lua_table("S", {s.name: s.value for s in JobStatus}),
     _lua_table("E", {e.name: e.value for e in Event}),
+    _lua_table("Q", {e.name: e.value for e in Entry}),
+    _lua_table("P", {p.name: p.value for p in Part}),
     "local SNAPSHOT = {" + ", ".join(f"'{name}'" for name in SNAPSHOT) + "}",
     f"local PROGRESS_INTERVAL_MS = {PROGRESS_INTERVAL_MS}",
 ])

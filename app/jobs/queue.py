@@ -21,7 +21,7 @@ from redis.asyncio import Redis
 from tasks import Task, TaskRun
 
 from . import keys
-from .keys import QUEUE, SNAPSHOT, Event, Field, Fields, JobStatus
+from .keys import QUEUE, SNAPSHOT, Entry, Event, Field, Fields, JobStatus
 from .models import Job, JobRequest, JobSpec, new_job_id, now_iso
 
 
@@ -72,9 +72,9 @@ def keep_inputs(pipe: Any, job_id: str, units: Iterable[int], rows: list[dict[st
 def chunk_entry(job_id: str, units: list[int], rows: list[dict[str, Any]] | None) -> Fields:
     """One queue entry: a chunk of a job's units, with their input rows when the task takes
     rows (they travel with the chunk: a worker reads both at once)."""
-    entry: Fields = {"job": job_id, "units": ",".join(map(str, units))}
+    entry: Fields = {Entry.JOB: job_id, Entry.UNITS: ",".join(map(str, units))}
     if rows is not None:
-        entry["rows"] = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+        entry[Entry.ROWS] = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
     return entry
 
 

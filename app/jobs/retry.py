@@ -79,9 +79,9 @@ for i = 1, #redo, size do
     units[#units + 1] = redo[j]
     if spec.has_rows then rows[#rows + 1] = redis.call('HGET', INPUTS, redo[j]) or '{}' end
   end
-  local entry = {'XADD', QUEUE, '*', 'job', ARGV[3], 'units', table.concat(units, ','), 'retry', '1'}
+  local entry = {'XADD', QUEUE, '*', Q.job, ARGV[3], Q.units, table.concat(units, ','), Q.retry, '1'}
   if spec.has_rows then
-    entry[#entry + 1] = 'rows'
+    entry[#entry + 1] = Q.rows
     entry[#entry + 1] = '[' .. table.concat(rows, ',') .. ']'
   end
   redis.call(unpack(entry))

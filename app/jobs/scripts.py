@@ -48,7 +48,7 @@ local function finish(status, now_iso, ttl, err)
   if err then redis.call('HSET', JOB, F.error, err) end
   emit(E.done)
   redis.call('DEL', UNITS, CKPT)
-  for _, key in ipairs({JOB, RESULTS, EVENTS, JOB .. ':inputs'}) do redis.call('EXPIRE', key, ttl) end
+  for _, key in ipairs({JOB, RESULTS, EVENTS, JOB .. P.inputs}) do redis.call('EXPIRE', key, ttl) end
 end
 """
 

@@ -41,7 +41,7 @@ from ..config import JobsConfig
 from ..spend import Spend
 from . import keys
 from .claims import Claims
-from .keys import ACTIVE, JobStatus
+from .keys import ACTIVE, Entry, JobStatus
 from .models import Chunk, UnitResult
 from . import pipelines
 from .runner import JobRuntime, JobSetupError
@@ -201,12 +201,12 @@ class Worker:
     def _spawn(self, entry: str, fields: dict[str, str], attempt: int) -> None:
         if entry in self._in_flight:  # ours, still running: a stalled loop let it go idle
             return
-        job_id = fields.get("job", "")
-        if fields.get("retry"):  # POST /jobs/{id}/retry (app.jobs.retry): forget that it ended, and its spec
+        job_id = fields.get(Entry.JOB, "")
+        if fields.get(Entry.RETRY):  # POST /jobs/{id}/retry (app.jobs.retry): forget that it ended, and its spec
             self._closed.pop(job_id, None)
             self._runtimes.pop(job_id, None)
-        units = [int(u) for u in fields.get("units", "").split(",") if u]
-        rows = dict(zip(units, json.loads(fields["rows"]))) if fields.get("rows") else {}
+        units = [int(u) for u in fields.get(Entry.UNITS, "").split(",") if u]
+        rows = dict(zip(units, json.loads(fields[Entry.ROWS]))) if fields.get(Entry.ROWS) else {}
         flight = InFlight(entry, job_id, units, rows, unfinished=len(units))
         self._in_flight[entry] = flight
         self._units += flight.unfinished
