@@ -21,6 +21,7 @@ from tasks import Task, TaskRun
 
 from .config import Settings
 from .errors import Overloaded
+from .jobs import keys
 
 # max_output_tokens of a call that gives no max_new_tokens (the local backend's default)
 DEFAULT_MAX_NEW_TOKENS = 256
@@ -85,7 +86,7 @@ class JobBudget:
                  ttl_s: int):
         self.redis = redis
         self.job_id = job_id
-        self.key = f"synthserve:spent:{job_id}"
+        self.key = keys.spent(job_id)
         self.limit = limit
         self.cancel = cancel
         self.ttl_s = ttl_s

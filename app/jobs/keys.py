@@ -18,6 +18,7 @@ disagree.
     synthserve:job:{id}:checkpoints  hash     unit -> {step: answer} (JSON) of multi-call tasks
     synthserve:job:{id}:inputs       hash     unit -> its input row (JSON), for POST /jobs/{id}/retry
     synthserve:wake:{process}        stream   wakes one API process's event reader (jobs/follow.py)
+    synthserve:spent:{id}            string   what the job's calls have cost so far, USD (app.spend's budget)
     synthserve:dedup:{scope}:{step}  hash     a pipeline dedup step's index: field -> the row id that
                                               claimed it (scope: a job id, or one request's token)
 """
@@ -153,6 +154,10 @@ def inputs(job_id: str) -> str:
 
 def wake(process: str) -> str:
     return f"{PREFIX}:wake:{process}"
+
+
+def spent(job_id: str) -> str:
+    return f"{PREFIX}:spent:{job_id}"
 
 
 def dedup(scope: str, step: str) -> str:
