@@ -44,13 +44,12 @@ def gated(client_of: Callable[[LLMClient], Any]) -> Callable[[LLMClient, int], A
 
 
 def window(plan: Plan) -> int:
-    """Input rows in flight: the widest backend's limit and a quarter more. The quarter keeps
-    its slots busy while rows move between calls; many more would take the slots that rows
-    finishing a step free, before those rows ask for their next step (the gate can only
-    prefer a call that is already waiting), and the first final rows would come late."""
+    """Input rows in flight: twice the widest backend's limit, so that a row is waiting for
+    every slot while others move between calls. Rows waiting for their first step do not
+    delay the first final rows: the gate gives each freed slot to a later step's call as
+    soon as one waits, and the calls of a step finish spread out, not all at once."""
     limits = [call.llm.policy.max_concurrency for p in plan.steps if isinstance(p, TaskPlan) for call in p.calls]
-    widest = max(limits, default=MIN_WINDOW)
-    return max(MIN_WINDOW, widest + widest // 4)
+    return max(MIN_WINDOW, 2 * max(limits, default=MIN_WINDOW))
 
 
 class PipelineRun:

@@ -43,8 +43,6 @@ async def create_job(body: JobRequest, request: Request, state: StateDep, jobs: 
                      owner: PrincipalDep) -> dict[str, Any] | Response:
     request.state.task = body.task  # for the access log
     if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
-        return (await jobs.submit(await pipeline_job(state, body, owner))).public()
-    if body.pipeline is not None:  # a pipeline job (app.jobs.pipelines)
         sub = await pipeline_job(state, body, owner)
         return JSONBytes(sub) if isinstance(sub, dict) else (await jobs.submit(sub)).public()  # (dict: dry_run)
     assert body.task is not None  # (JobRequest: a task or a pipeline)
