@@ -3,7 +3,7 @@
 the sidecar's peak RSS after each level.
 
     .venv/bin/python bench/sidecar_throughput.py [--model M] [--levels 1,4,16,32] [--tokens 64] [--repeat 3]
-                                                 [--max-batch-size N]
+                                                 [--max-batch-size N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -61,11 +61,14 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=3, help="rounds per level; the median is shown")
     parser.add_argument("--max-batch-size", help="the sidecar's option (default: its own, 32)")
+    parser.add_argument("--device", help="the sidecar's option: cpu, cuda... (default: cuda when present)")
     args = parser.parse_args()
     levels = [int(x) for x in args.levels.split(",")]
     options = ["--max-batch-size", args.max_batch_size] if args.max_batch_size else []
+    options += ["--device", args.device] if args.device else []
     with sidecar(args.model, options=options) as (url, pid):
-        print(f"sidecar pid {pid}, {cores()} cores, {args.tokens} new tokens per request")
+        device = httpx.get(f"{url}/info").json()["model_device_type"]
+        print(f"sidecar pid {pid} on {device}, {cores()} cores, {args.tokens} new tokens per request")
         asyncio.run(run(url, pid, levels, args.tokens, args.repeat))
         print(f"sidecar peak RSS: {peak_rss_mib(pid):.0f} MiB (VmHWM; the column is the peak so far)")
 

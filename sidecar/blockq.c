@@ -8,8 +8,8 @@
  * an add: built with -ffp-contract=off), so results differ from a float32 matmul only in
  * the order of the sums. Reading 4.5 or 8.5 bits per weight instead of 32 is the point:
  * a decode step reads every weight once and is bound by memory bandwidth.
- * Built by sidecar/blockq.py with -O3 -march=native; rows are split between OpenMP threads
- * (the libgomp torch has loaded). */
+ * Built by sidecar/blockq.py with -O3 -march=native; outputs are split between OpenMP threads
+ * (the libgomp torch has loaded) when the weight has at least `parallel_min` elements. */
 #include <math.h>
 #include <stdint.h>
 
@@ -24,9 +24,9 @@ static inline float hsum(const float *acc) {
 
 #define KERNEL(NAME, REBUILD)                                                                   \
 void NAME(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d,         \
-          const float *m, int64_t n, float *y) {                                                \
+          const float *m, int64_t n, float *y, int64_t parallel_min) {                          \
     const int64_t blocks = k / BLOCK;                                                           \
-    _Pragma("omp parallel for schedule(static)")                                               \
+    _Pragma("omp parallel for schedule(static) if (n * k >= parallel_min)")                    \
     for (int64_t o = 0; o < n; o++) {                                                           \
         float acc[MAX_ROWS][BLOCK] = {{0}};                                                     \
         for (int64_t b = 0; b < blocks; b++) {                                                  \

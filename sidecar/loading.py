@@ -76,7 +76,10 @@ def load(model: str | None = None, device: str | None = None, *, optimize: bool 
         folder, model_id = model, model
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True)
+        # SDPA: on CUDA its flash kernel serves every step without padding (one sequence, or
+        # rows of one length), its memory-efficient one the padded batches
+        lm = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, local_files_only=True,
+                                                  attn_implementation="sdpa")
     except OSError as exc:
         raise EngineError(f"cannot load model {model_id!r} (a local folder, a .gguf file or an id "
                           f"already in the Hugging Face cache; nothing is downloaded): {exc}") from exc
