@@ -6,6 +6,8 @@
     sampling.py   the next token of each sequence, with its own parameters
     embedding.py  last-token hidden states, batched across calls
     loading.py    finding, converting (GGUF) and caching the model
+    cpu.py        CPU kernels: oneDNN linears, fused RMSNorm, attention without copies
+    blockq.py     exact block-quantized (GGUF) weights for decode steps; blockq.c, built on first use
     params.py     request/result types and errors (no torch)
     protocol.py   TGI's wire types (no torch)
     openai_wire.py  OpenAI's wire types: chat, completions, embeddings (no torch)
