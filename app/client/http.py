@@ -13,6 +13,7 @@ import httpx
 
 RECONNECTS = 5  # event stream drops in a row before giving up
 RECONNECT_WAIT_S = 1.0
+ACTIVE = ("queued", "running")
 
 
 class ServerError(Exception):
@@ -94,11 +95,13 @@ class Server:
             raise ServerError(0, f"cannot reach {self.http.base_url}: {exc or type(exc).__name__}") from None
 
     async def events(self, job_id: str) -> AsyncIterator[tuple[str, dict[str, Any]]]:
-        """(event, data) from the job's event stream until `done`; a dropped connection is
-        resumed where it stopped (Last-Event-ID), so no event is seen twice."""
+        """(event, data) from the job's event stream until its last `done`; a dropped
+        connection is resumed where it stopped (Last-Event-ID), so no event is seen twice.
+        A `done` followed by a retry (the job ran again) is read past, to the last one."""
         last_id: str | None = None
         drops = 0
         while True:
+            retried = False
             headers = {"Last-Event-ID": last_id} if last_id else {}
             try:
                 async with self.http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
@@ -110,12 +113,19 @@ class Server:
                         last_id = event_id or last_id
                         yield event, data
                         if event == "done":
-                            return
+                            # retried since (running again, or ended again later): read on
+                            now = await self.job(job_id)
+                            if now["status"] not in ACTIVE and now.get("finished_at") == data.get("finished_at"):
+                                return
+                            retried = True
+                            break
             except httpx.TransportError as exc:
                 drops += 1
                 if drops > RECONNECTS:
                     raise ServerError(0, f"lost the event stream of {job_id}: {exc or type(exc).__name__}") from None
                 await asyncio.sleep(RECONNECT_WAIT_S)
+                continue
+            if retried:
                 continue
             # the stream ended without `done` (a server restart): read on from where it stopped
             drops += 1

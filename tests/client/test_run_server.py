@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import time
 
 import httpx
 import pandas as pd
@@ -65,6 +66,25 @@ def test_failed_rows_exit_1_and_a_rerun_runs_only_them(service, mock, tmp_path):
 
     r = synthserve("run", "text-generation", "-i", str(src), "-o", str(out), "--server", service.url)
     assert r.returncode == 0 and "nothing to do" in r.stdout
+
+
+def test_reattaching_to_a_retried_job_reads_its_last_run(service, mock, tmp_path):
+    mock.script([{"match": "flaky", "status": 400}])
+    data = rows(6, "retried")
+    data[2]["instruction"] = "flaky row"
+    src = write_jsonl(tmp_path / "in.jsonl", data)
+    r = synthserve("run", "text-generation", "-i", str(src), "-o", str(tmp_path / "first.jsonl"), "--server", service.url)
+    assert r.returncode == 1
+    job_id = next(w for w in r.stdout.split() if w.startswith("job_"))
+    mock.script([{"match": "flaky", "latency_ms": 8000}])  # answers now, slowly: the retry is still running
+    assert synthserve("jobs", "retry", job_id, "--server", service.url).returncode == 0
+    assert httpx.get(f"{service.url}/jobs/{job_id}").json()["status"] in ("queued", "running")
+    # the event log holds both runs: the first `done` is read past, to the retry's
+    out = tmp_path / "reattached.jsonl"
+    r = synthserve("run", "--job", job_id, "-o", str(out), "--server", service.url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    got = read_jsonl(out)
+    assert len(got) == 6 and all(row["error"] is None for row in got) and got[2]["generation"] == "Echo: flaky row"
 
 
 def test_csv_in_csv_out_with_several_rows_per_input(service, mock, tmp_path):
