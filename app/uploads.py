@@ -141,18 +141,21 @@ def _located(exc: SynthserveError, where: list[str]) -> SynthserveError:
 async def _validate(state, req: JobRequest, f: BinaryIO, name: str) -> tuple[int, int]:
     """Every row checked as a JSON POST /jobs checks them; (rows, the job's seed)."""
     total, seed = 0, req.params.get("seed")
-    limit = state.settings.server.max_rows_per_request
+    server = state.settings.server
     async for batch in _each_batch(f, name):
         params = req.params if seed is None else {**req.params, "seed": seed}
         try:
-            _, run = state.prepare_run(req.task, req.model_copy(update={"rows": [r for _, r in batch],
-                                                                        "params": params}))
+            task, run = state.prepare_run(req.task, req.model_copy(update={"rows": [r for _, r in batch],
+                                                                           "params": params}))
         except SynthserveError as exc:
             raise _located(exc, [w for w, _ in batch]) from None
         seed = run.params.seed  # drawn by the first batch when the job gives none
         total += len(batch)
-        if total > limit:
-            raise TooLarge(f"file: more than max_rows_per_request ({limit}) rows")
+        if total > server.max_rows_per_request:
+            raise TooLarge(f"file: more than max_rows_per_request ({server.max_rows_per_request}) rows")
+        if total * (task.rows_per_unit(run.params) or 1) > server.max_output_rows_per_request:
+            raise TooLarge(f"file: more than max_output_rows_per_request ({server.max_output_rows_per_request}) "
+                           "output rows")
     if total == 0:
         raise InvalidInput(f"file: {name} holds no rows")
     return total, seed

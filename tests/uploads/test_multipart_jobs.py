@@ -12,7 +12,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.jobs.conftest import wait_for
+from app.config import BackendConfig, JobsConfig, ServerConfig, Settings
+from tests.jobs.conftest import RedisServer, wait_for
+from tests.service import serve
 
 JOB = json.dumps({"task": "text-generation", "llm": {"generation_kwargs": {"max_new_tokens": 30}}})
 
@@ -124,3 +126,23 @@ async def test_no_file_part_and_json_bodies_still_work(service, mock):
         r = await client.post("/jobs", json={"task": "text-generation", "rows": [{"instruction": "json"}]})
         assert r.status_code == 202, r.text
         assert (await finished(client, r.json()["id"]))["status"] == "completed"
+
+
+async def test_limits_count_the_whole_file(mock, tmp_path):
+    """Rows and output rows are counted over every batch, not per batch (a service of its own, small limits)."""
+    redis = RedisServer(tmp_path)
+    settings = Settings(server=ServerConfig(max_rows_per_request=1500, max_output_rows_per_request=2000),
+                        backends={"mock": BackendConfig(provider="openai", base_url=mock.url + "/v1", model="m")},
+                        jobs=JobsConfig(redis_url=redis.url, consume=False))
+    try:
+        async with serve(settings) as client:
+            many = as_file([{"instruction": f"limit {i}"} for i in range(1600)], "jsonl")
+            r = await client.post("/jobs", files={"file": ("rows.jsonl", many)}, data={"job": JOB})
+            assert r.status_code == 413 and "max_rows_per_request (1500)" in r.json()["detail"]
+            doubled = json.dumps({"task": "text-generation", "params": {"num_generations": 2}})
+            some = as_file([{"instruction": f"limit {i}"} for i in range(1200)], "jsonl")
+            r = await client.post("/jobs", files={"file": ("rows.jsonl", some)}, data={"job": doubled})
+            assert r.status_code == 413 and "max_output_rows_per_request (2000)" in r.json()["detail"]
+            assert (await client.get("/jobs")).json()["jobs"] == []
+    finally:
+        redis.close()
