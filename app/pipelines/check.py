@@ -90,7 +90,11 @@ class Plan:
 
     def check_rows(self, rows: list[Any]) -> None:
         """422 for a row without an input column, or one the first task step refuses."""
-        first = next((p for p in self.steps if isinstance(p, TaskPlan)), None)
+        # the first task step checks each row as /tasks would, unless a keep step before it
+        # has remade the rows
+        first = next((p for p in self.steps if isinstance(p, TaskPlan | KeepPlan)), None)
+        if not isinstance(first, TaskPlan):
+            first = None
         for i, row in enumerate(rows):
             if not isinstance(row, dict):
                 raise InvalidInput(f"rows[{i}]: expected an object")

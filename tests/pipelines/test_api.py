@@ -226,3 +226,11 @@ async def test_hostile_expressions_fail_their_row_only(mock):
         r = await client.post("/pipelines", json={"pipeline": {"steps": [{"name": "f", "filter": "instruction.__class__.__mro__"}]},
                                                   "rows": rows})
         assert r.status_code == 200 and all(row["error"]["type"] == "filter_error" for row in r.json()["rows"])
+
+
+async def test_a_keep_step_can_make_the_first_task_its_columns(mock):
+    pipeline = {"steps": [{"name": "ask", "keep": {"instruction": "'Say ' ~ word"}},
+                          {"name": "answer", "task": "text-generation"}]}
+    async with serve(mock_settings(mock.url)) as client:
+        body = (await client.post("/pipelines", json={"pipeline": pipeline, "rows": [{"word": "hi"}]})).json()
+    assert body["rows"][0]["generation"] == "Echo: Say hi"
