@@ -109,11 +109,12 @@ def test_gguf_weights_are_kept_in_exact_block_form(engine, plain_model):
     assert linears["lm_head"].blocks.kind == "q8_0"
     plain = dict(plain_model.named_modules())
     x = torch.randn(blockq.MAX_ROWS, engine.hidden_size)
-    for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.up_proj", "lm_head"):
-        want = x @ plain[name].weight.T
-        for rows in (1, blockq.MAX_ROWS):
-            got = linears[name].blocks.matmul(x[:rows].contiguous())
-            assert torch.allclose(got, want[:rows], rtol=1e-5, atol=1e-5)
+    with torch.inference_mode():
+        for name in ("model.layers.0.self_attn.q_proj", "model.layers.29.mlp.up_proj", "lm_head"):
+            want = x @ plain[name].weight.T
+            for rows in (1, blockq.MAX_ROWS):  # float32 sums in another order: rounding apart
+                got = linears[name].blocks.matmul(x[:rows].contiguous())
+                assert torch.allclose(got, want[:rows], rtol=1e-4, atol=1e-4)
 
 
 def test_a_decode_step_on_block_weights_equals_plain_transformers(engine, plain_model):
