@@ -190,10 +190,26 @@ async def _enqueue(state, jobs, req: JobRequest, f: BinaryIO, name: str, total: 
     return job
 
 
+MULTIPART_DOC = {"schema": {"type": "object", "required": ["file", "job"], "properties": {
+    "file": {"type": "string", "format": "binary", "description": "The rows: .jsonl, .json, .csv or .parquet."},
+    "job": {"type": "string", "description": "The rest of the job as JSON (task, params, llm, ...), no rows.",
+            "example": '{"task": "text-generation", "llm": {"generation_kwargs": {"max_new_tokens": 64}}}'}}}}
+
+
 def install(app: FastAPI) -> None:
-    """Ahead of app.routes.jobs' POST /jobs, which takes the JSON bodies."""
+    """Ahead of app.routes.jobs' POST /jobs, which takes the JSON bodies; the OpenAPI
+    document shows both bodies on that one operation."""
     before = len(app.router.routes)
     app.include_router(router, dependencies=[Depends(principal)])
     added = app.router.routes[before:]
     del app.router.routes[before:]
     app.router.routes[0:0] = added  # first: a request it does not match goes on to the others
+    document = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = document()
+            schema["paths"]["/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"] = MULTIPART_DOC
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

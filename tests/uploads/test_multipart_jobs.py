@@ -126,6 +126,10 @@ async def test_no_file_part_and_json_bodies_still_work(service, mock):
         r = await client.post("/jobs", json={"task": "text-generation", "rows": [{"instruction": "json"}]})
         assert r.status_code == 202, r.text
         assert (await finished(client, r.json()["id"]))["status"] == "completed"
+        # /docs shows both bodies of the one operation
+        bodies = (await client.get("/openapi.json")).json()["paths"]["/jobs"]["post"]["requestBody"]["content"]
+        assert set(bodies) == {"application/json", "multipart/form-data"}
+        assert bodies["multipart/form-data"]["schema"]["properties"]["file"]["format"] == "binary"
 
 
 async def test_limits_count_the_whole_file(mock, tmp_path):
