@@ -53,16 +53,18 @@ async def test_json_answer_tasks_read_python_literals(service, mock, task, rows,
 # ---- 2. a seed drawn per request, and returned ----
 
 async def test_single_row_requests_differ_and_the_seed_replays_one(service, mock):
+    # cache off throughout: two requests drawing the same mutation send the same prompt,
+    # which the call cache would answer; here every prompt must reach the mock
     mock.script([{"reply": "Prompt#: evolved"}])
     seeds = []
     for _ in range(8):
-        out = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}])
+        out = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}], cache=False)
         seeds.append(out["seed"])
     prompts = chat_prompts(mock.requests())
     assert len(set(seeds)) == 8 and len(set(prompts)) >= 2  # 8 times one mutation of 5: p = 1.3e-5
     mock.reset()
     mock.script([{"reply": "Prompt#: evolved"}])
-    again = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}], {"seed": seeds[3]})
+    again = await run_task(service, "evol-instruct", [{"instruction": "Say hi."}], {"seed": seeds[3]}, cache=False)
     assert again["seed"] == seeds[3] and chat_prompts(mock.requests()) == [prompts[3]]
 
 
