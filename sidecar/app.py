@@ -1,6 +1,6 @@
-"""The sidecar's HTTP front: TGI's routes over the engine, and OpenAI's (sidecar.openai_routes). No torch here; the engine comes
-from `engine_factory`, called in a thread at startup so /health can answer 503 while the
-model loads.
+"""The sidecar's HTTP front: TGI's routes over the engine, and OpenAI's (sidecar.openai_routes).
+No torch here; the engine comes from `engine_factory`, called in a thread at startup so
+/health can answer 503 while the model loads.
 
 Errors use TGI's body, `{"error", "error_type"}`: 422 validation, 429 overloaded (with
 Retry-After), 500 generation, 503 while loading. On /generate_stream an error is an event
