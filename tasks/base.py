@@ -25,6 +25,7 @@ from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient
 from llm_clients.cache import enter_unit
 from llm_clients.errors import row_error
 
+from .rendering import TemplateError
 from .streaming import Emit, produced
 
 __all__ = ["InputError", "ParseError", "RowContext", "RowError", "Split", "Task", "TaskParams", "TaskRun"]
@@ -287,7 +288,9 @@ class Task(Generic[P]):
         enter_unit(i)  # the call cache numbers a job's identical calls per unit
         try:
             result = await self.run(ctx, row, run.params)
-        except (LLMError, ParseError) as exc:
+        except (LLMError, ParseError, TemplateError) as exc:
+            # a user template checked before any call can still go over a limit here
+            # (its time budget on a busy machine): that fails its own row, not the request
             result = exc
         run.usage = run.usage + ctx.usage
         return self.rows_of(row, result, ctx, run)
@@ -305,10 +308,11 @@ class Task(Generic[P]):
         out = []
         for j, outputs in enumerate(result):
             error = None
-            if isinstance(outputs, LLMError | ParseError):
+            if isinstance(outputs, LLMError | ParseError | TemplateError):
                 # an LLM error is cleaned (no key, host or port) and logged in full: llm_clients.errors
                 error = (row_error(outputs, run.llm) if isinstance(outputs, LLMError)
-                         else {"type": "parse_error", "message": str(outputs)})
+                         else {"type": "parse_error", "message": str(outputs)} if isinstance(outputs, ParseError)
+                         else {"type": "template_error", "message": str(outputs)})
                 outputs = getattr(outputs, "outputs", None) or self.failed_outputs(row, run.params)
             built = self.build_row(row, outputs, ctx, error, run)
             if raws is not None and "raw_output" in built["metadata"]:
