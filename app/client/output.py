@@ -2,10 +2,13 @@
 
 Rows are appended to a journal beside the output (`OUT.partial`, JSONL) as they finish,
 so a crash loses nothing; at the end (or on Ctrl-C) the rows already in the output and
-the journal's are merged, sorted by `index`, and written in the output's format (CSV and
-Parquet cannot be appended to). The journal's first line names the job it follows, so
+the journal's are merged, sorted, and written in the output's format (CSV and Parquet
+cannot be appended to). The journal's first line names the job it follows, so
 `synthserve run --job ID` can reattach. Running again with the same output skips every
 input row whose output rows are all there without an error.
+
+A task's rows are keyed and sorted by `index` (their place over the whole input); a
+pipeline's by `id` ("2" < "2.1" < "10": the input row, then the rows made from it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 from .. import formats
 
 Row = dict[str, Any]
+Key = int | str  # a task row's index, or a pipeline row's id
 FLUSH_INTERVAL_S = 0.5  # the journal reaches the disk at least this often while rows come
 
 
@@ -27,12 +31,11 @@ class OutputFile:
         self.path = Path(path)
         self.format = formats.output_format(self.path)  # FormatError before any work
         self.journal_path = self.path.with_name(self.path.name + ".partial")
-        self.rows: dict[int, Row] = {}
+        self.rows: dict[Key, Row] = {}
         self.header: dict[str, Any] = {}
-        self._journaled: set[int] = set()  # rows read from an old journal, not yet in the output
+        self._journaled: set[Key] = set()  # rows read from an old journal, not yet in the output
         self._journal = None
         self._flushed = 0.0
-        self.sort_by_id = False  # a pipeline's rows: by their `id` ("2" < "2.1" < "10"), not as they came
 
     def load(self) -> None:
         """The rows of a previous run: the output file, then the journal (newer)."""
@@ -51,11 +54,15 @@ class OutputFile:
                     else:
                         self._journaled.add(self._keep(row))
 
-    def _keep(self, row: Row) -> int:
+    def _keep(self, row: Row) -> Key:
+        if "index" not in row and isinstance(row.get("id"), str):  # a pipeline's
+            self.rows[row["id"]] = row
+            return row["id"]
         try:
             index = int(row["index"])
         except (KeyError, TypeError, ValueError):
-            raise formats.FormatError(f"{self.path}: a row without an `index`; not an output of synthserve run") from None
+            raise formats.FormatError(f"{self.path}: a row without an `index` or `id`; "
+                                      "not an output of synthserve run") from None
         self.rows[index] = {**row, "index": index}
         return index
 
@@ -63,9 +70,23 @@ class OutputFile:
         """Units (input rows, or generations) whose `per_unit` rows are all here, error-free."""
         good: dict[int, int] = {}
         for index, row in self.rows.items():
-            if not row.get("error"):
+            if isinstance(index, int) and not row.get("error"):
                 good[index // per_unit] = good.get(index // per_unit, 0) + 1
         return {u for u, n in good.items() if n == per_unit}
+
+    def done_inputs(self) -> set[int]:
+        """A pipeline's input rows whose rows are all here, error-free (one that was
+        filtered out left none: it runs again)."""
+        inputs: dict[int, bool] = {}
+        for key, row in self.rows.items():
+            if isinstance(key, str):
+                root = int(key.split(".", 1)[0])
+                inputs[root] = inputs.get(root, True) and not row.get("error")
+        return {root for root, ok in inputs.items() if ok}
+
+    def drop_inputs(self, roots: set[int]) -> None:
+        """Forget a pipeline's rows of these input rows (they run again, perhaps to other rows)."""
+        self.rows = {k: r for k, r in self.rows.items() if not (isinstance(k, str) and int(k.split(".", 1)[0]) in roots)}
 
     def clear(self) -> None:
         """Forget the previous run's rows (a run that starts over)."""
@@ -81,9 +102,11 @@ class OutputFile:
         self._journal.write(formats.jsonl_text(self.rows[i] for i in sorted(self._journaled) if i in self.rows))
         self._journal.flush()
 
-    def add(self, index: int, row: Row) -> None:
-        row = {"index": index, **{k: v for k, v in row.items() if k != "index"}}
-        self.rows[index] = row
+    def add(self, key: Key, row: Row) -> None:
+        row = {k: v for k, v in row.items() if k != "index"}
+        if isinstance(key, int):
+            row = {"index": key, **row}
+        self.rows[key] = row
         self._journal.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
         if (now := time.monotonic()) - self._flushed >= FLUSH_INTERVAL_S:
             self._journal.flush()
@@ -95,9 +118,8 @@ class OutputFile:
             self._journal.close()
             self._journal = None
         tmp = self.path.with_name(self.path.name + ".tmp")
-        rows = sorted(self.rows.values(), key=lambda r: tuple(map(int, r["id"].split(".")))) if self.sort_by_id \
-            else [self.rows[i] for i in sorted(self.rows)]
-        formats.write_rows(tmp, rows, fmt=self.format)
+        order = sorted(self.rows, key=lambda k: tuple(map(int, k.split("."))) if isinstance(k, str) else (k,))
+        formats.write_rows(tmp, [self.rows[k] for k in order], fmt=self.format)
         os.replace(tmp, self.path)
         if detached and self.header:
             self.journal_path.write_text(json.dumps(self.header) + "\n")

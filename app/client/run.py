@@ -53,10 +53,17 @@ class Plan:
             return exc
         detail = re.sub(rf"file: {re.escape(UPLOAD_NAME)} line (\d+): ",
                         lambda m: f"rows[{self.original(int(m.group(1)) - 1)}].", exc.detail)
+        detail = re.sub(r"\brows\[(\d+)\]", lambda m: f"rows[{self.original(int(m.group(1)))}]", detail) \
+            if detail == exc.detail else detail  # a JSON body's (pipelines)
         return ServerError(exc.status, detail)
 
     def original(self, k: int) -> int:
         return self.units[k] if self.units is not None and k < len(self.units) else k
+
+    def full_id(self, row_id: str) -> str:
+        """A pipeline row's id ("k" or "k.j", k of the rows sent) over the whole input."""
+        root, dot, rest = row_id.partition(".")
+        return f"{self.original(int(root))}{dot}{rest}"
 
     def full_index(self, index: int) -> int:
         if self.units is None or not self.per_unit:
@@ -80,6 +87,19 @@ def plan(out: OutputFile, n_units: int | None, per_unit: int | None, *, subset: 
         console.print(f"this run cannot resume part of its rows: starting {out.path} over", highlight=False)
         out.clear()
     return Plan(None, per_unit)
+
+
+def plan_pipeline(out: OutputFile, n_rows: int, console: Console) -> Plan:
+    """Skip the input rows whose pipeline rows are all in the output; drop the others' rows."""
+    if any(isinstance(key, int) for key in out.rows):  # not a pipeline's output
+        out.clear()
+    if not out.rows:
+        return Plan(None, None)
+    done = out.done_inputs()
+    pending = [u for u in range(n_rows) if u not in done]
+    out.drop_inputs(set(pending))
+    console.print(f"resuming: {n_rows - len(pending)} of {n_rows} input rows already in {out.path}", highlight=False)
+    return Plan(pending, None)
 
 
 def unit_shape(name: str, params: dict[str, Any], n_rows: int) -> tuple[int | None, int | None, bool]:
@@ -113,8 +133,13 @@ def exit_status(out: OutputFile, console: Console) -> int:
 async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
     out = spec.output
     kind = await server.kind(spec.name)
-    n_units, per_unit, subset = unit_shape(spec.name, spec.params, len(spec.rows)) if kind == "task" else (None, None, False)
-    p = plan(out, n_units, per_unit, subset=subset, console=console)
+    if kind == "task":
+        n_units, per_unit, subset = unit_shape(spec.name, spec.params, len(spec.rows))
+        p = plan(out, n_units, per_unit, subset=subset, console=console)
+        skipped = len(out.rows)
+    else:  # progress counts a pipeline's input rows
+        p = plan_pipeline(out, len(spec.rows), console)
+        skipped = 0 if p.units is None else len(spec.rows) - len(p.units)
     if p.units == []:
         console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
         return exit_status(out, console)
@@ -129,7 +154,7 @@ async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
             job = await server.submit({**body, "rows": rows} if rows else body)
     except ServerError as exc:
         raise p.renumbered(exc) from None
-    header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": len(out.rows)}
+    header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": skipped}
     console.print(f"job {job['id']} submitted to {server.http.base_url}", highlight=False)
     return await follow(server, job, out, header, console)
 
@@ -145,12 +170,15 @@ async def reattach(job_id: str, out: OutputFile, server: Server, console: Consol
 async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: dict[str, Any],
                  console: Console) -> int:
     p = Plan(header["units"], header["per_unit"])
-    out.sort_by_id = bool(job.get("pipeline"))
+    pipeline = bool(job.get("pipeline"))
     out.start(header)
     display = ProgressDisplay(job["id"], counts_of(job, header["skipped"]), console=console)
     try:
         async for event, data in server.events(job["id"]):
-            if event == "row":
+            if event == "row" and pipeline:
+                key = p.full_id(data["row"]["id"])
+                out.add(key, {**data["row"], "id": key})
+            elif event == "row":
                 out.add(p.full_index(data["index"]), data["row"])
             elif event in ("progress", "done"):
                 job = data

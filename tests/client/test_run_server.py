@@ -181,7 +181,7 @@ def test_api_keys(mock, tmp_path, monkeypatch):
         redis.close()
 
 
-def test_a_pipeline_on_a_server_and_not_in_process(mock, tmp_path):
+def test_a_pipeline_on_a_server_resumed_and_not_in_process(mock, tmp_path):
     redis = RedisServer(tmp_path)
     pipelines = tmp_path / "pipelines"
     pipelines.mkdir()
@@ -198,13 +198,26 @@ def test_a_pipeline_on_a_server_and_not_in_process(mock, tmp_path):
     try:
         url = f"http://127.0.0.1:{port}"
         wait_healthy(url, server)
-        src = write_jsonl(tmp_path / "in.jsonl", rows(4, "seed"))
-        out = tmp_path / "out.jsonl"
+        data = rows(4, "seed")
+        data[2]["instruction"] = "bad seed"
+        src = write_jsonl(tmp_path / "in.jsonl", data)
+        out = tmp_path / "out.parquet"
+        mock.script([{"match": "bad", "status": 400}])
         r = synthserve("run", "two-steps", "-i", str(src), "-o", str(out), "--server", url)
-        assert r.returncode == 0, r.stdout + r.stderr
-        got = read_jsonl(out)
+        assert r.returncode == 1, r.stdout + r.stderr
+        got = pq.read_table(out).to_pylist()
+        assert [row["id"] for row in got] == ["0", "1", "2", "3"] and got[2]["error"]["step"] == "ask"
+
+        mock.reset()  # the second run sends input row 2 alone, as the job's row 0, and files its rows under id 2
+        r = synthserve("run", "two-steps", "-i", str(src), "-o", str(out), "--server", url)
+        assert r.returncode == 0 and "resuming: 3 of 4 input rows" in r.stdout, r.stdout + r.stderr
+        got = pq.read_table(out).to_pylist()
         assert [row["id"] for row in got] == ["0", "1", "2", "3"]
-        assert all(row["response"] == f"Echo: Echo: seed {row['id']}" for row in got)
+        assert all(row["error"] is None for row in got) and got[2]["response"] == "Echo: Echo: bad seed"
+        assert got[1]["response"] == "Echo: Echo: seed 1"
+        assert len(mock.requests()) == 2  # ask and answer, for that row only
+        r = synthserve("run", "two-steps", "-i", str(src), "-o", str(out), "--server", url)
+        assert r.returncode == 0 and "nothing to do" in r.stdout
         local = synthserve("run", "two-steps", "-i", str(src), "-o", str(tmp_path / "o2.jsonl"), "--config", str(config))
         assert local.returncode == 2 and "a pipeline runs on a server" in local.stderr
     finally:
