@@ -86,6 +86,7 @@ class Worker:
         self._units = 0
         self._room = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._helpers_end = False  # the heartbeat and the cancel listener stop looping
         self._runtimes: OrderedDict[str, JobRuntime] = OrderedDict()
         self._loading: dict[str, asyncio.Future[JobRuntime | None]] = {}
         self._closed: OrderedDict[str, None] = OrderedDict()  # jobs seen cancelled, deleted or ended
@@ -136,6 +137,9 @@ class Worker:
                 f.task.cancel()
         await asyncio.gather(*(f.task for f in left if f.task is not None), return_exceptions=True)
         await self.writer.close()
+        # (and are cancelled: a cancel that lands inside a redis-py call can be lost there,
+        # seen under uvloop, so their loops also end on this flag)
+        self._helpers_end = True
         for h in helpers:
             h.cancel()
         await asyncio.gather(*helpers, return_exceptions=True)
@@ -343,7 +347,7 @@ class Worker:
         tick = min(0.5, self.claim_idle_ms / 4000)
         touch_every = self.claim_idle_ms / 4000
         last_touch = time.monotonic()
-        while True:
+        while not self._helpers_end:
             await asyncio.sleep(tick)
             try:
                 if time.monotonic() - last_touch >= touch_every and self._in_flight:
@@ -366,11 +370,11 @@ class Worker:
                 log.warning("worker %s: heartbeat failed: %s", self.name, exc)
 
     async def _listen_cancel(self) -> None:
-        while True:
+        while not self._helpers_end:
             pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(keys.CANCEL_CHANNEL)
-                while True:
+                while not self._helpers_end:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self.drop_job(message["data"])
