@@ -68,11 +68,14 @@ class EventHub:
         self._jobs: dict[str, _Followed] = {}
         self._wanted = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closing = False  # ends the reader's loop even if its cancel is lost in redis-py (worker.py)
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._read(), name="jobs-events")
 
     async def aclose(self) -> None:
+        self._closing = True
+        self._wanted.set()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -168,10 +171,11 @@ class EventHub:
 
     async def _read(self) -> None:
         checked = time.monotonic()
-        while True:
+        while not self._closing:
             if not self._jobs:
                 self._wanted.clear()
                 await self._wanted.wait()
+                continue
             followed_by = {keys.events(job_id): f for job_id, f in self._jobs.items() if f.cursor >= 0}
             streams: dict[KeyT, StreamIdT] = {key: f"{f.cursor}-0" for key, f in followed_by.items()}
             streams[self._wake_key] = self._wake_id
