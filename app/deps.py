@@ -32,7 +32,6 @@ TaskDep = Annotated[Task, Depends(get_task)]
 
 
 def get_jobs(state: StateDep) -> JobStore:
-    assert state.jobs is not None  # set by the lifespan before any request
     return state.jobs
 
 

@@ -95,5 +95,5 @@ async def open_jobs(stack: AsyncExitStack, state: AppState) -> None:
     stack.push_async_callback(state.events.aclose)
     if config.consume if config.consume is not None else not config.redis_url:
         worker = Worker(state.jobs, state.registry, state.backends, config, spend=state.spend,
-                        on_rows=state.metrics.count_rows if state.metrics else None)
+                        on_rows=state.metrics.count_rows)
         await stack.enter_async_context(worker.serving())

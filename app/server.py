@@ -46,6 +46,7 @@ class Server(uvicorn.Server):
 def run(app: FastAPI, *, host: str, port: int, log_level: str = "info",
         graceful_timeout_s: float = DEFAULT_GRACEFUL_TIMEOUT_S) -> None:
     config = uvicorn.Config(app, host=host, port=port, log_level=log_level, log_config=None,
-                            access_log=False, timeout_graceful_shutdown=graceful_timeout_s)
+                            access_log=False,
+                            timeout_graceful_shutdown=graceful_timeout_s)  # type: ignore[arg-type]  # (a float works)
     app.state.graceful_timeout_s = graceful_timeout_s  # JSON requests answer 503 before it runs out
     Server(config, app).run()

@@ -49,6 +49,7 @@ class SSEResponse(EventSourceResponse):
                     tg.cancel_scope.cancel()
 
                 async def end_on_drain() -> None:
+                    assert draining is not None
                     await draining.wait()
                     tg.cancel_scope.cancel()
 

@@ -4,7 +4,7 @@ and the job engine's two handles (composed in app.main's lifespan)."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,10 +30,11 @@ class AppState:
     registry: Registry
     backends: dict[str, LLMClient]
     api_keys: frozenset[str] = frozenset()
-    jobs: JobStore | None = None  # set in the lifespan
-    events: EventHub | None = None  # "
-    metrics: Metrics | None = None  # "
-    spend: Spend | None = None  # " (the call cache and the shared rate limits, on the jobs' Redis)
+    # set in the lifespan (app.main), before any request
+    jobs: JobStore = field(init=False)
+    events: EventHub = field(init=False)
+    metrics: Metrics = field(init=False)
+    spend: Spend = field(init=False)  # the call cache and the shared rate limits, on the jobs' Redis
 
     @classmethod
     def build(cls, settings: Settings) -> AppState:

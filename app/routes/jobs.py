@@ -86,7 +86,6 @@ async def job_events(job: OwnedJobDep, state: StateDep,
             after = max(0, int(last_event_id))
         except ValueError:
             raise InvalidInput(f"Last-Event-ID: expected an event id from this stream, got {last_event_id!r}") from None
-    assert state.events is not None
     return sse.SSEResponse(state.events.follow(job, after))
 
 

@@ -104,6 +104,7 @@ async def _shutdown_deadline(app) -> None:
     grace: float | None = getattr(app.state, "graceful_timeout_s", None)
     if draining is None or grace is None:
         await asyncio.Future()  # no graceful shutdown here (an app served by a test)
+        return
     await draining.wait()
     await asyncio.sleep(max(0.0, grace - DRAIN_MARGIN_S))
 
