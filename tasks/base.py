@@ -100,9 +100,9 @@ class RowContext:
             return self.checkpoint[step]
         kwargs = kwargs or self.kwargs
         self.raw_input = messages
-        if stream and self.on_token is not None:
+        if stream and (on_token := self.on_token) is not None:
             completion = await self.llm.stream_chat(
-                messages, kwargs, model=self.model, on_delta=lambda d: self.on_token(self.index, d))
+                messages, kwargs, model=self.model, on_delta=lambda d: on_token(self.index, d))
             self._record(completion)
         else:
             (completion,) = await self.llm.chat(messages, kwargs, model=self.model)
@@ -286,6 +286,7 @@ class Task(Generic[P]):
         row = run.rows[i] if i < len(run.rows) else {}
         ctx = run.context(i)
         enter_unit(i)  # the call cache numbers a job's identical calls per unit
+        result: dict | list | Exception
         try:
             result = await self.run(ctx, row, run.params)
         except (LLMError, ParseError, TemplateError) as exc:
