@@ -179,10 +179,11 @@ class TaskRun(Generic[P]):
 
 
 class Task(Generic[P]):
-    name: ClassVar[str]
-    description: ClassVar[str] = ""
-    inputs: ClassVar[tuple[str, ...]] = ()
-    outputs: ClassVar[tuple[str, ...]] = ()
+    # (not ClassVars: a task defined by a file, tasks.custom.FileTask, sets them per instance)
+    name: str
+    description: str = ""
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
     generator: ClassVar[bool] = False
     Params: type[P] = TaskParams  # type: ignore[assignment]  # (a ClassVar cannot hold P)
     split: ClassVar[Split] = "rows"  # a generator without its own: "generations" (__init_subclass__)

@@ -26,7 +26,7 @@ G = TypeVar("G", bound=GenerationsParams)
 
 
 class OneCallTask(Task[G]):
-    Params = GenerationsParams  # type: ignore[assignment]
+    Params: type[G] = GenerationsParams  # type: ignore[assignment]
 
     def rows_per_unit(self, params: G) -> int:
         return 1 if params.group_generations else params.num_generations
