@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from .cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 BLOCK = 32
@@ -93,7 +95,6 @@ def exact_forms(model: torch.nn.Module, folder: str | Path | None = None) -> dic
 
 
 def _cache_path(folder: Path) -> Path:
-    from .loading import cache_dir
 
     files = sorted(f for f in folder.iterdir() if f.suffix == ".safetensors")
     key = "\0".join([str(folder.resolve()), *(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
@@ -160,7 +161,6 @@ def _q8_0(blocks: torch.Tensor) -> BlockWeight | None:
 @cache
 def _library() -> ctypes.CDLL:
     """blockq.c built for this machine (once: the build is cached by source, flags and CPU)."""
-    from .loading import cache_dir
 
     source = SOURCE.read_bytes()
     key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), platform.machine().encode(),
