@@ -122,7 +122,7 @@ class EvolInstruct(Task):
 
     def output_columns(self, params: EvolParams) -> tuple[str, ...]:
         store = params.store_evolutions
-        cols = ("evolved_instructions",) if store else ("evolved_instruction",)
+        cols: tuple[str, ...] = ("evolved_instructions",) if store else ("evolved_instruction",)
         if params.generate_answers:
             cols += ("answers",) if store else ("answer",)
         return cols

@@ -141,7 +141,7 @@ class _EvolGenerator(Task):
             run.usage = run.usage + ctx.usage
 
     async def stream(self, run: TaskRun) -> AsyncIterator[tuple[int, dict[str, Any]]]:
-        params: EvolGeneratorParams = run.params  # type: ignore[assignment]
+        params: EvolGeneratorParams = run.params
         wanted = set(run.units) if run.units is not None else None
 
         async def produce(put: Emit[tuple[int, dict[str, Any]]]) -> None:
