@@ -35,7 +35,7 @@ DEDUP_TTL_S = 86_400  # a request's dedup index, should it outlive the request (
 SSE_DOC = {"text/event-stream": {"schema": {"type": "string"}, "example":
            'event: row\nid: 0\ndata: {"id": "0.1", "row": {...}}\n\nevent: step\ndata: {"steps": {...}}\n\n'
            'event: done\ndata: {"rows": 3, "failed": 0, "filtered": 1, "usage": {...}, "seed": 7, "steps": {...}}\n\n'}}
-ERRORS = {404: {"description": "unknown pipeline"}, 413: {"description": "too many rows"},
+ERRORS: dict[int | str, dict[str, Any]] = {404: {"description": "unknown pipeline"}, 413: {"description": "too many rows"},
           422: {"description": "invalid definition or rows (the message names the step and the column)"}}
 
 
