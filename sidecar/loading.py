@@ -63,6 +63,7 @@ def load(model: str | None = None, device: str | None = None, *, optimize: bool 
     of `cpu.optimize` unless `optimize` is false (plain Transformers, as a reference)."""
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
+    folder: str | Path
     if model is None:
         folder, model_id = converted(embedded_gguf()), EMBEDDED_MODEL_ID
     elif model.endswith(".gguf") and Path(model).is_file():

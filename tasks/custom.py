@@ -93,6 +93,7 @@ class TaskFile(BaseModel):
         if self.parser.type == "raw" and len(self.outputs) != 1:
             raise ValueError("a raw parser fills exactly one output column")
         if self.parser.type == "regex":
+            assert self.parser.pattern is not None  # (checked by the parser's own validator)
             try:
                 groups = set(re.compile(self.parser.pattern).groupindex)
             except re.error as exc:
@@ -164,6 +165,7 @@ class FileTask(Task):
             if not answer.strip():
                 raise ParseError("the answer is empty")
             return {self.outputs[0]: answer.strip()}
+        assert self.pattern is not None  # (a regex parser's, compiled with the file)
         m = self.pattern.search(answer)
         if m is None:
             raise ParseError(f"the answer does not match the pattern of {self.path.name}")

@@ -135,6 +135,7 @@ class Server:
 
 
 async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str | None, dict[str, Any]]]:
+    data: list[str]
     event, event_id, data = "message", None, []
     async for line in lines:
         if not line:
