@@ -26,6 +26,21 @@ static inline float hsum(const float *acc) {
 void NAME(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d,         \
           const float *m, int64_t n, float *y, int64_t parallel_min) {                          \
     const int64_t blocks = k / BLOCK;                                                           \
+    if (rows == 1) { /* a single sequence: the sums stay in registers */                        \
+        _Pragma("omp parallel for schedule(static) if (n * k >= parallel_min)")                \
+        for (int64_t o = 0; o < n; o++) {                                                       \
+            float acc[BLOCK] = {0};                                                             \
+            for (int64_t b = 0; b < blocks; b++) {                                              \
+                float w[BLOCK];                                                                 \
+                const float db = d[o * blocks + b];                                             \
+                REBUILD                                                                         \
+                const float *xb = x + b * BLOCK;                                                \
+                for (int j = 0; j < BLOCK; j++) acc[j] = fmaf(w[j], xb[j], acc[j]);             \
+            }                                                                                   \
+            y[o] = hsum(acc);                                                                   \
+        }                                                                                       \
+        return;                                                                                 \
+    }                                                                                           \
     _Pragma("omp parallel for schedule(static) if (n * k >= parallel_min)")                    \
     for (int64_t o = 0; o < n; o++) {                                                           \
         float acc[MAX_ROWS][BLOCK] = {{0}};                                                     \
