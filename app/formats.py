@@ -15,12 +15,14 @@ import io
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import anyio
 import pyarrow as pa
 import pyarrow.parquet as pq
-from fastapi.responses import StreamingResponse
+
+if TYPE_CHECKING:  # the CLI imports this module: FastAPI only where a response is built
+    from fastapi.responses import StreamingResponse
 
 Row = dict[str, Any]
 
@@ -322,6 +324,8 @@ def results_response(fmt: str, job_id: str,
                      results: Callable[[], AsyncIterator[list[tuple[int, str]]]]) -> StreamingResponse:
     """A job's results as a CSV or Parquet download; `results()` yields the job store's
     batches of (index, stored row JSON)."""
+    from fastapi.responses import StreamingResponse
+
     async def batches() -> AsyncIterator[list[Row]]:
         async for batch in results():
             yield indexed_rows(batch)

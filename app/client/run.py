@@ -12,8 +12,6 @@ from typing import Any
 from pydantic import ValidationError
 from rich.console import Console
 
-from tasks import Registry
-
 from .. import formats
 from .http import Server, ServerError
 from .output import OutputFile
@@ -105,6 +103,8 @@ def plan_pipeline(out: OutputFile, n_rows: int, console: Console) -> Plan:
 def unit_shape(name: str, params: dict[str, Any], n_rows: int) -> tuple[int | None, int | None, bool]:
     """(units, rows per unit, whether a subset of rows can be sent) for a task known to this
     package, cut as the server cuts it; file-defined tasks and pipelines are not known here."""
+    from tasks import Registry  # (a third of a second: only on a resume)
+
     task = Registry.builtin().get(name)
     if task is None:
         return None, None, False
