@@ -12,5 +12,7 @@ bench: setup
 	@for script in $(if $(BENCH),bench/$(BENCH).py,$$(grep -l '^if __name__' bench/*.py)); do \
 	  echo "== $$script"; .venv/bin/python $$script $(ARGS) || exit 1; done
 
+# type-check first (mypy, [tool.mypy] in pyproject.toml), then the test suite
 test: setup
+	.venv/bin/python -m mypy
 	.venv/bin/python -m pytest -q $(ARGS)
