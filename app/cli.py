@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sidecar.app import add_arguments as add_sidecar_arguments
+from sidecar.options import add_arguments as add_sidecar_arguments
 
 from .client.commands import add_commands as add_client_commands
 

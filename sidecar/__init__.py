@@ -12,6 +12,7 @@
     protocol.py   TGI's wire types (no torch)
     openai_wire.py  OpenAI's wire types: chat, completions, embeddings (no torch)
     app.py        TGI's HTTP routes (no torch); serve() is what the CLI runs
+    options.py    the command-line options (no FastAPI: every `synthserve` start builds them)
     openai_routes.py  OpenAI's routes (no torch)
     serving.py    what both share: the engine dependency, token streams, errors (no torch)
 """

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from .app import add_arguments, serve
+from .app import serve
+from .options import add_arguments
 
 
 def main(argv: list[str] | None = None) -> None:
