@@ -1,4 +1,4 @@
-"""The TOML config file (../shared/API.md) as pydantic models. Loaded in the app's lifespan
+"""The TOML config file (docs/api.md, "The config file") as pydantic models. Loaded in the app's lifespan
 and the CLI, never at import."""
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ class LLMClient:
         return await self.policy.run(lambda: self._apply_chat_template(messages))
 
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
-        """Last-token final hidden states (see API.md, generate-embeddings)."""
+        """Last-token final hidden states (docs/api.md, generate-embeddings)."""
         self.require("embed")
         return await self.policy.run(lambda: self._embed(inputs), tokens=estimate_tokens(inputs))
 

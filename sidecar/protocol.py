@@ -146,7 +146,7 @@ class TokenizeRequest(_Wire):
 
 class EmbedRequest(_Wire):
     inputs: str | list[str | list[ChatMessage]]
-    normalize: bool = False  # TEI normalises by default; API.md says not unless asked
+    normalize: bool = False  # TEI normalises by default; docs/api.md says not unless asked
 
     def items(self) -> list[str | list[dict[str, Any]]]:
         items = [self.inputs] if isinstance(self.inputs, str) else self.inputs

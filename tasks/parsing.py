@@ -1,6 +1,6 @@
 """Shared parsers of model answers. Pure functions: text in, values out, ParseError when
-there is nothing to take. The rules that are part of the contract (API.md, "Parsing
-rules") live here and nowhere else.
+there is nothing to take. The rules that are part of the contract (docs/api.md, "The task
+catalogue": how answers are read) live here and nowhere else.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The /tasks contract of API.md for text- and chat-generation, against the mock LLM server."""
+"""The /tasks contract of docs/api.md for text- and chat-generation, against the mock LLM server."""
 
 import asyncio
 import json
