@@ -25,7 +25,7 @@ log = logging.getLogger("synthserve")
 DRAIN_MARGIN_S = 1.0  # of the graceful shutdown's timeout, kept to answer 503 before uvicorn cuts in
 
 SSE_DOC = {"text/event-stream": {"schema": {"type": "string"}, "example":
-           'event: row\nid: 0\ndata: {"index": 0, "row": {...}}\n\nevent: done\ndata: {"rows": 1, "failed": 0, "usage": {...}}\n\n'}}
+           'event: row\nid: 0\ndata: {"index": 0, "row": {...}}\n\nevent: done\ndata: {"rows": 1, "failed": 0, "usage": {...}, "seed": 7}\n\n'}}
 
 
 @router.get("/tasks", response_model=TaskList)
