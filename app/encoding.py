@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from typing import Any
 
 from starlette.responses import Response
@@ -63,19 +64,23 @@ def body_problem(body: bytes) -> str | None:
     return None
 
 
-def non_finite(value: Any, path: str) -> str | None:
-    """The path of the first float in parsed JSON that is not finite, or None."""
+def first_path(value: Any, path: str, bad: Callable[[Any], bool]) -> str | None:
+    """The path (`rows[3].score`) of the first leaf of parsed JSON that `bad` flags, or None."""
     stack = [(path, value)]
     while stack:
         where, item = stack.pop()
-        if isinstance(item, float):
-            if not math.isfinite(item):
-                return where
-        elif isinstance(item, dict):
+        if isinstance(item, dict):
             stack.extend((f"{where}.{k}", v) for k, v in item.items())
         elif isinstance(item, list):
             stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
+        elif bad(item):
+            return where
     return None
+
+
+def non_finite(value: Any, path: str) -> str | None:
+    """The path of the first float in parsed JSON that is not finite, or None."""
+    return first_path(value, path, lambda item: isinstance(item, float) and not math.isfinite(item))
 
 
 def _encodable(text: str) -> bool:

@@ -11,7 +11,7 @@ from pydantic import ValidationError
 from llm_clients import LLMClient
 from tasks import InputError, RowError, Task, TaskRun
 
-from .encoding import NOT_FINITE, non_finite
+from .encoding import NOT_FINITE, first_path, non_finite
 from .errors import InvalidInput, TooLarge
 from .schemas import LLMSpec
 
@@ -35,17 +35,7 @@ def format_validation_error(prefix: str, exc: ValidationError) -> str:
 
 def oversized(value: Any, path: str, limit: int) -> str | None:
     """The path of the first string in `value` longer than `limit` characters, or None."""
-    stack = [(path, value)]
-    while stack:
-        where, item = stack.pop()
-        if isinstance(item, str):
-            if len(item) > limit:
-                return where
-        elif isinstance(item, dict):
-            stack.extend((f"{where}.{k}", v) for k, v in item.items())
-        elif isinstance(item, list):
-            stack.extend((f"{where}[{i}]", v) for i, v in enumerate(item))
-    return None
+    return first_path(value, path, lambda item: isinstance(item, str) and len(item) > limit)
 
 
 def build_run(task: Task, client: LLMClient, req: RunRequest, *, max_rows: int,
