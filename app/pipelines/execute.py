@@ -25,6 +25,7 @@ from tasks.rendering import TemplateError
 from .check import DedupPlan, FilterPlan, KeepPlan, Plan, TaskPlan, task_row
 from .dedup import DedupIndex
 from .filters import passes, value
+from .gate import GatedClient, Held, holding, release_holding
 
 USAGE_KEYS = ("input_tokens", "output_tokens", "cost_usd", "cached_calls")
 
@@ -120,18 +121,34 @@ class Executor:
         # a dry run (app.pipelines.estimate): the answers are empty, so every row goes through
         # every step (no filter, dedup or error stops it; an explode makes one row)
         self.dry = dry
+        # for each step, the gates the next task step's calls pass: a row keeps its slot on
+        # them between its calls (app.pipelines.gate.Held)
+        self._next_gates = [self._gates_after(k) for k in range(len(plan.steps))]
+
+    def _gates_after(self, k: int) -> frozenset:
+        for later in range(k + 1, len(self.plan.steps)):
+            if isinstance(self.plan.steps[later], TaskPlan):
+                return frozenset(c.gate for c in self.clients.get(later, []) if isinstance(c, GatedClient))
+        return frozenset()
 
     async def walk(self, item: Item, stepped: Stepped, final: Final) -> None:
         """Run `item` to the end: `stepped(item, outcome)` after each step (awaited before
         the next), `final(row)` for each row that is done."""
         n = len(self.plan.steps)
-        while item.error is None and item.step < n:
-            outcome = await self.apply(item)
-            await stepped(item, outcome)
-            if len(outcome.items) != 1:
-                await all_or_none(self.walk(child, stepped, final) for child in outcome.items)
-                return
-            item = outcome.items[0]
+        held = Held()
+        token = holding(held)
+        try:
+            while item.error is None and item.step < n:
+                held.keep = self._next_gates[item.step]
+                outcome = await self.apply(item)
+                await stepped(item, outcome)
+                if len(outcome.items) != 1:
+                    held.release()
+                    await all_or_none(self.walk(child, stepped, final) for child in outcome.items)
+                    return
+                item = outcome.items[0]
+        finally:
+            release_holding(token)
         done = final(item)
         if done is not None:
             await done

@@ -234,3 +234,19 @@ async def test_a_keep_step_can_make_the_first_task_its_columns(mock):
     async with serve(mock_settings(mock.url)) as client:
         body = (await client.post("/pipelines", json={"pipeline": pipeline, "rows": [{"word": "hi"}]})).json()
     assert body["rows"][0]["generation"] == "Echo: Say hi"
+
+
+async def test_a_row_keeps_its_backend_slot_from_step_to_step(mock):
+    """One slot, three rows, three steps: each row runs its three calls back to back. A slot
+    freed between a row's calls would go to the next row's first step, and every row would
+    finish only at the end (the first final row over SSE comes after 3 x latency)."""
+    steps = [{"name": "one", "task": "text-generation", "output_mappings": {"generation": "a"}},
+             {"name": "two", "task": "text-generation", "input_mappings": {"instruction": "a"},
+              "output_mappings": {"generation": "b"}},
+             {"name": "three", "task": "text-generation", "input_mappings": {"instruction": "b"}}]
+    async with serve(mock_settings(mock.url, max_concurrency=1)) as client:
+        r = await client.post("/pipelines", json={"pipeline": {"steps": steps}, "cache": False,
+                                                  "rows": [{"instruction": f"q{i}"} for i in range(3)]})
+        assert r.status_code == 200 and r.json()["failed"] == 0, r.text
+    prompts = [req["body"]["messages"][-1]["content"] for req in await mock.arequests()]
+    assert prompts == [p for i in range(3) for p in (f"q{i}", f"Echo: q{i}", f"Echo: Echo: q{i}")]
