@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from . import __version__, openai_batch, ui, uploads
+from . import __version__, heap, openai_batch, ui, uploads
 from .auth import principal
 from .config import Settings, load_settings
 from .encoding import validation_error
@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             stack.push_async_callback(state.close_backends)  # last: the worker below uses them
             await open_jobs(stack, state)
             app.state.synth = state
+            heap.settle()
             yield
 
     app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan,

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from .. import formats
+from .. import formats, heap
 from .http import Server, ServerError
 from .output import OutputFile
 from .run import BAD_ARGS, INTERRUPTED, SOME_FAILED, RunSpec, UsageError, load_rows, reattach, run_in_process, run_on_server
@@ -114,6 +114,7 @@ def command_run(args: argparse.Namespace) -> int:
 
     async def main() -> int:
         spec = RunSpec(args.name, out, await load_rows(args.input), args.params, llm, args.include_raw, args.cache)
+        heap.settle()  # the input rows and the output file's rows so far live as long as the run
         if args.server is None:
             from ..config import load_settings
             return await run_in_process(spec, load_settings(args.config), console)

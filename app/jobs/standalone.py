@@ -11,6 +11,7 @@ import logging
 import signal
 import sys
 
+from .. import heap
 from ..config import Settings
 from ..spend import Spend
 from .store import JobStore
@@ -44,6 +45,7 @@ async def _serve(settings: Settings) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack, to stderr
+    heap.settle()
     try:
         await worker.run()
     finally:
