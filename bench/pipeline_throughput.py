@@ -148,7 +148,7 @@ DISTILABEL = textwrap.dedent("""
 def distilabel_rate(python: str, mock_url: str, n: int, batch: int) -> float | None:
     if not Path(python).exists():
         print(f"distilabel: not run ({python} missing; install it apart from the project: "
-              "python3 -m venv /tmp/distilabel-venv && /tmp/distilabel-venv/bin/pip install distilabel==1.5.3 openai)")
+              "python3 -m venv /tmp/distilabel-venv && /tmp/distilabel-venv/bin/pip install distilabel==1.5.3 openai requests)")
         return None
     with tempfile.TemporaryDirectory(prefix="distilabel-bench-") as tmp:
         script = Path(tmp) / "pipeline.py"
