@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, Literal
 
 import anyio
-import pyarrow as pa
-import pyarrow.parquet as pq
 
-if TYPE_CHECKING:  # the CLI imports this module: FastAPI only where a response is built
+# The CLI imports this module: FastAPI only where a response is built, pyarrow only where a
+# shape is measured or Parquet read or written (0.1-0.2 s of the CLI's start for JSONL).
+if TYPE_CHECKING:
+    import pyarrow as pa
     from fastapi.responses import StreamingResponse
 
 Row = dict[str, Any]
@@ -145,6 +146,9 @@ def _csv_rows(f, name: str) -> Iterator[tuple[str, Row]]:
 
 
 def _parquet_rows(f: BinaryIO, name: str) -> Iterator[tuple[str, Row]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         parquet = pq.ParquetFile(f)
         if not parquet.schema_arrow.names:
@@ -168,6 +172,8 @@ class Shape:
         self.types: dict[str, pa.DataType | None] = {}
 
     def add(self, rows: list[Row]) -> None:
+        import pyarrow as pa
+
         columns: dict[str, list] = {}
         for row in rows:
             for name in row:
@@ -184,18 +190,24 @@ class Shape:
             self.types[name] = merged if merged is None or _writable(merged) else None
 
     def schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         return pa.schema([(name, t if t is not None else pa.string()) for name, t in self.types.items()])
 
 
 def _unify(a: pa.DataType, b: pa.DataType) -> pa.DataType:
     if a == b:
         return a
+    import pyarrow as pa
+
     return pa.unify_schemas([pa.schema([("c", a)]), pa.schema([("c", b)])],
                             promote_options="permissive").field("c").type
 
 
 def _writable(t: pa.DataType) -> bool:
     """Parquet cannot store a struct without fields (every value `{}`)."""
+    import pyarrow as pa
+
     if pa.types.is_struct(t):
         return t.num_fields > 0 and all(_writable(t.field(i).type) for i in range(t.num_fields))
     if pa.types.is_list(t) or pa.types.is_large_list(t):
@@ -208,6 +220,8 @@ def _json(value: Any) -> str | None:
 
 
 def arrow_table(rows: list[Row], shape: Shape) -> pa.Table:
+    import pyarrow as pa
+
     arrays = []
     for name, t in shape.types.items():
         values = [row.get(name) for row in rows]
@@ -255,6 +269,19 @@ class _Drain(io.RawIOBase):
 
 # ---- writing ----
 
+def prepare(fmt: str) -> None:
+    """Import what writing `fmt` needs: pyarrow for CSV (the shape) and Parquet, and pandas,
+    which pyarrow imports on its first conversion of Python values (~0.3 s with pyarrow.parquet
+    under load). The CLI calls it in a thread while rows come, not after the last one."""
+    if fmt not in ("csv", "parquet"):
+        return
+    import pyarrow as pa
+
+    pa.array([0])
+    if fmt == "parquet":
+        import pyarrow.parquet  # noqa: F401
+
+
 def write_rows(path: str | Path, rows: list[Row], fmt: str | None = None) -> None:
     """Write rows to `path` in `fmt`, by default the format its extension names."""
     fmt = fmt or output_format(path)
@@ -267,6 +294,8 @@ def write_rows(path: str | Path, rows: list[Row], fmt: str | None = None) -> Non
     if fmt == "csv":
         Path(path).write_text(csv_text(rows, list(shape.types), header=True), encoding="utf-8", newline="")
         return
+    import pyarrow.parquet as pq
+
     with pq.ParquetWriter(str(path), shape.schema()) as writer:
         for batch in iter_batches(rows):
             writer.write_table(arrow_table(batch, shape))
@@ -278,6 +307,8 @@ async def stream(fmt: str, batches: Callable[[], AsyncIterator[list[Row]]]) -> A
     """A result set as a CSV or Parquet body. `batches()` yields the rows in order and is
     called twice; rows that appear only in the second pass (a job still running) are left
     out, so the file matches the shape measured in the first."""
+    import pyarrow.parquet as pq
+
     shape = Shape()
     seen: set[int] = set()
     async for rows in batches():

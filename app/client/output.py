@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ class OutputFile:
         self._journaled: set[Key] = set()  # rows read from an old journal, not yet in the output
         self._journal = None
         self._flushed = 0.0
+        self._prepared: threading.Thread | None = None
 
     def load(self) -> None:
         """The rows of a previous run: the output file, then the journal (newer)."""
@@ -96,6 +98,10 @@ class OutputFile:
         """Open the journal anew with `header` (the job followed, if any) and the rows an
         old journal held that the output does not have yet."""
         self.header = header or {}
+        if self._prepared is None:  # the Parquet writer's imports load while rows come, off the end
+            self._prepared = threading.Thread(target=formats.prepare, args=(self.format,), daemon=True,
+                                              name="prepare-output")
+            self._prepared.start()
         self._journal = self.journal_path.open("w", encoding="utf-8")
         if self.header:
             self._journal.write(json.dumps(self.header) + "\n")
@@ -117,6 +123,8 @@ class OutputFile:
         if self._journal is not None:
             self._journal.close()
             self._journal = None
+        if self._prepared is not None:
+            self._prepared.join()
         tmp = self.path.with_name(self.path.name + ".tmp")
         order = sorted(self.rows, key=lambda k: tuple(map(int, k.split("."))) if isinstance(k, str) else (k,))
         formats.write_rows(tmp, [self.rows[k] for k in order], fmt=self.format)
