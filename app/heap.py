@@ -23,3 +23,9 @@ def settle() -> None:
     gc.collect()
     gc.freeze()
     gc.set_threshold(*THRESHOLDS)
+
+
+def unsettle() -> None:
+    """At shutdown, for a process that builds the app again (the tests): what was frozen
+    can be collected again, cycles included."""
+    gc.unfreeze()

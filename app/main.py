@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await open_jobs(stack, state)
             app.state.synth = state
             heap.settle()
+            stack.callback(heap.unsettle)
             yield
 
     app = FastAPI(title="synthserve", version=__version__, description=DESCRIPTION, lifespan=lifespan,
