@@ -108,16 +108,20 @@ class Server:
                     if r.status_code >= 400:
                         await r.aread()
                         raise ServerError(r.status_code, r.json().get("detail", r.text))
-                    async for event, event_id, data in _sse(r.aiter_lines()):
-                        drops = 0
-                        last_id = event_id or last_id
-                        yield event, data
-                        if event == "done":
-                            # retried since (running again, or ended again later): read on
-                            now = await self.job(job_id)
-                            if now["status"] not in ACTIVE and now.get("finished_at") == data.get("finished_at"):
-                                return
-                            retried = True
+                    parser = EventParser()
+                    async for chunk in _and_end(r.aiter_bytes()):
+                        for event, event_id, data in parser.feed(chunk):
+                            drops = 0
+                            last_id = event_id or last_id
+                            yield event, data
+                            if event == "done":
+                                # retried since (running again, or ended again later): read on
+                                now = await self.job(job_id)
+                                if now["status"] not in ACTIVE and now.get("finished_at") == data.get("finished_at"):
+                                    return
+                                retried = True
+                                break
+                        if retried:
                             break
             except httpx.TransportError as exc:
                 drops += 1
@@ -134,22 +138,58 @@ class Server:
             await asyncio.sleep(RECONNECT_WAIT_S)
 
 
-async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str | None, dict[str, Any]]]:
-    data: list[str]
-    event, event_id, data = "message", None, []
-    async for line in lines:
-        if not line:
-            if data:
-                yield event, event_id, json.loads("\n".join(data))
-            event, event_id, data = "message", None, []
-        elif line.startswith(":"):
-            continue
+class EventParser:
+    """An event stream's bytes, fed as they come, to (event, id, data) with `data` parsed as
+    JSON. Lines end at CR LF, LF or CR (and nowhere else: `str.splitlines`, which httpx's
+    `aiter_lines` uses, also cuts at U+2028, U+0085 and others, which JSON written with
+    ensure_ascii=False keeps raw in a data line); a blank line dispatches the event.
+    Parsed a chunk at a time, not a line at a time through async iterators: ~5,000 row
+    events a run come at the CLI while the server works on the same cores."""
+
+    def __init__(self) -> None:
+        self.pending = b""  # an incomplete last line (and a CR that a LF may follow)
+        self.event: str = "message"
+        self.event_id: str | None = None
+        self.data: list[bytes] = []
+
+    def feed(self, chunk: bytes) -> list[tuple[str, str | None, Any]]:
+        """The events that `chunk` completes; b"" is the stream's end (a last CR ends its line)."""
+        if not chunk and self.pending.endswith(b"\r"):
+            chunk = b"\n"
+        buf = self.pending + chunk if self.pending else chunk
+        end = len(buf) - 1 if buf.endswith(b"\r") else len(buf)
+        last = buf.rfind(b"\n", 0, end)
+        if b"\r" in buf:
+            last = max(last, buf.rfind(b"\r", 0, end))
+            complete = buf[:last + 1].replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         else:
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "event":
-                event = value
-            elif name == "id":
-                event_id = value
-            elif name == "data":
-                data.append(value)
+            complete = buf[:last + 1]
+        self.pending = buf[last + 1:]
+        out: list[tuple[str, str | None, Any]] = []
+        if last < 0:
+            return out
+        for line in complete.split(b"\n")[:-1]:
+            if not line:
+                if self.data:
+                    out.append((self.event, self.event_id, json.loads(b"\n".join(self.data))))
+                self.event, self.event_id, self.data = "message", None, []
+            elif line[0] == 58:  # b":", a comment (keep-alive)
+                continue
+            else:
+                name, _, value = line.partition(b":")
+                if value[:1] == b" ":
+                    value = value[1:]
+                if name == b"data":
+                    self.data.append(value)
+                elif name == b"event":
+                    self.event = value.decode()
+                elif name == b"id":
+                    self.event_id = value.decode()
+        return out
+
+
+async def _and_end(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    async for chunk in chunks:
+        if chunk:
+            yield chunk
+    yield b""

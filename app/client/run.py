@@ -9,7 +9,6 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
 from rich.console import Console
 
 from .. import formats
@@ -103,6 +102,7 @@ def plan_pipeline(out: OutputFile, n_rows: int, console: Console) -> Plan:
 def unit_shape(name: str, params: dict[str, Any], n_rows: int) -> tuple[int | None, int | None, bool]:
     """(units, rows per unit, whether a subset of rows can be sent) for a task known to this
     package, cut as the server cuts it; file-defined tasks and pipelines are not known here."""
+    from pydantic import ValidationError
     from tasks import Registry  # (0.2-0.3 s: only on a resume, or for a generator task)
 
     task = Registry.builtin().get(name)
@@ -198,6 +198,8 @@ async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: d
 # ---- in process ----
 
 async def run_in_process(spec: RunSpec, settings, console: Console) -> int:
+    from pydantic import ValidationError  # (pydantic, ~0.05 s: not on a server run's start)
+
     from ..errors import NotFound, SynthserveError
     from ..schemas import LLMSpec, TaskRequest
     from ..state import AppState

@@ -74,4 +74,5 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line]
+    # split at LF only: splitlines would also cut at U+2028 and others, raw in the JSON text
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]

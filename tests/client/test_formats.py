@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from app import formats
+from tests.conftest import ROOT
 from tests.jobs.conftest import wait_for
 
 from .conftest import write_jsonl
@@ -105,3 +106,14 @@ async def test_job_results_as_csv_and_parquet(service, mock, tmp_path):
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["n"] == 25 and got["row"] == "Echo: row 3" and got["tags"] == ["x", "3"]
     assert got["usage"]["output_tokens"] == 3 and got["error"] == "llm_error"
+
+
+def test_the_cli_starts_without_pyarrow_pydantic_the_tasks_or_fastapi():
+    """`synthserve run --server` into JSONL needs none of them (bench/cli_throughput counts the
+    CLI's start): pyarrow loads for CSV and Parquet, the task registry and pydantic on a resume
+    or in process, FastAPI in the server."""
+    code = ("import sys, app.cli; "
+            "print(sorted(m for m in ('pyarrow', 'pandas', 'pydantic', 'tasks', 'fastapi') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -40,6 +40,17 @@ def test_jsonl_in_jsonl_out(service, mock, tmp_path):
     assert not (tmp_path / "out.jsonl.partial").exists()
 
 
+def test_text_with_line_separators_other_than_cr_lf_comes_through(service, mock, tmp_path):
+    """U+2028, U+2029 and U+0085 are raw in the server's JSON (ensure_ascii=False); the event
+    stream is cut into lines only at CR and LF (str.splitlines would cut the JSON apart)."""
+    data = [{"instruction": f"one\u2028two\x85three\u2029four {i}"} for i in range(6)]
+    src = write_jsonl(tmp_path / "in.jsonl", data)
+    out = tmp_path / "out.jsonl"
+    r = synthserve("run", "text-generation", "--input", str(src), "--output", str(out), "--server", service.url)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [row["generation"] for row in read_jsonl(out)] == [f"Echo: {row['instruction']}" for row in data]
+
+
 def test_failed_rows_exit_1_and_a_rerun_runs_only_them(service, mock, tmp_path):
     mock.script([{"match": "bad", "status": 400}])
     data = rows(10)
