@@ -263,7 +263,7 @@ class CachedClient:
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
         key, stored = await self._find("embed", None, inputs, None, 1)
         if stored is not None:
-            return json.loads(stored)["embeddings"]
+            return CachedVectors(json.loads(stored)["embeddings"])
         vectors = await self._gated(lambda: self._llm.embed(inputs))
         if self._cache is not None and key:
             await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
@@ -325,6 +325,11 @@ class CachedClient:
             await self._cache.put(key, json.dumps({"completions": [
                 [c.text, c.model, c.usage.input_tokens, c.usage.output_tokens, c.finish_reason]
                 for c in completions]}).encode())
+
+
+class CachedVectors(list):
+    """Embeddings served from the cache: the caller counts the call in `usage.cached_calls`
+    (an embedding call carries no usage of its own to put it on)."""
 
 
 async def _one(call: Any) -> list[Completion]:

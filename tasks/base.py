@@ -22,7 +22,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from pydantic import BaseModel, ConfigDict, Field
 
 from llm_clients.base import Capability, Completion, GenerationKwargs, LLMClient, LLMError, Message, Usage
-from llm_clients.cache import enter_unit
+from llm_clients.cache import CachedVectors, enter_unit
 from llm_clients.errors import row_error
 
 from .rendering import TemplateError
@@ -134,6 +134,8 @@ class RowContext:
         self.raw_input = inputs
         vectors = await self.llm.embed(inputs)
         self.llm_calls += 1
+        if isinstance(vectors, CachedVectors):
+            self.usage = self.usage + Usage(cached_calls=1)
         self.model_name = self.model or self.llm.model
         self.raw_output = None
         return vectors

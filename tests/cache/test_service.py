@@ -106,3 +106,17 @@ async def test_metrics(mock):
     assert 'synthserve_llm_concurrency_limit{backend="mock"}' in text
     throttled = next(line for line in text.splitlines() if line.startswith('synthserve_llm_throttled_total{backend="mock"}'))
     assert float(throttled.split()[-1]) == mock.stats()["rate_limited"] > 0
+
+
+async def test_embeddings_from_the_cache_count_as_cached_calls(mock):
+    rows = [{"text": f"a sentence, take {i}"} for i in range(3)]
+    async with serve(mock_settings(mock.url, provider="tgi", max_retries=0)) as client:
+        # the mock serves /embed as `synthserve sidecar` does, but its /info names a plain TGI router
+        client.app.state.synth.backends["mock"].capabilities |= {"embed"}
+        answers = [(await client.post("/tasks/generate-embeddings", json={"rows": rows})).json() for _ in range(2)]
+    first, second = answers
+    assert mock.stats()["by_route"].get("/embed") == len(rows)
+    assert [r["embedding"] for r in second["rows"]] == [r["embedding"] for r in first["rows"]]
+    assert [r["metadata"]["cached_calls"] for r in first["rows"]] == [0, 0, 0]
+    assert [r["metadata"]["cached_calls"] for r in second["rows"]] == [1, 1, 1]
+    assert (first["usage"]["cached_calls"], second["usage"]["cached_calls"]) == (0, len(rows))
