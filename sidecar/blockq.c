@@ -1,73 +1,199 @@
 /* Matrix products with block-quantized weights and float32 activations, for a few rows
- * (a decode step): y[M, N] = x[M, K] @ W[N, K]^T, where W is stored as blocks of 32 along K.
+ * (a decode step): y[M, N] = x[M, K] @ W[N, K]^T, W stored as blocks of 32 along K (below).
+ *
+ * The float32 product of the dense weight, with its sums rounded in another order: each
+ * block's weights rebuilt exactly (q * d + m) and multiplied into x, or for one or two
+ * rows, the block's integers summed against x and scaled after (d * sum(q x) + m * sum(x)). Reading 4.5
+ * or 8.5 bits per weight instead of 32 is the point: a decode step reads every weight once.
+ * decode.c includes this file, and sidecar/blockq.py builds that one unit with -O3
+ * -march=native (AVX-512 where the CPU has it, else plain C the compiler vectorizes).
+ * `*_mm` split outputs between OpenMP threads (the libgomp torch has loaded) when the
+ * weight has at least `parallel_min` elements.
  *
  *   q4_1: w = q * d + m, q in 0..15 (two per byte: element j low nibble, j + 16 high)
- *   q8_0: w = q * d,     q in -127..127
- *
- * Each weight is rebuilt as a float exactly as the dense model holds it (a multiply, then
- * an add: built with -ffp-contract=off), so results differ from a float32 matmul only in
- * the order of the sums. Reading 4.5 or 8.5 bits per weight instead of 32 is the point:
- * a decode step reads every weight once and is bound by memory bandwidth.
- * Built by sidecar/blockq.py with -O3 -march=native; outputs are split between OpenMP threads
- * (the libgomp torch has loaded) when the weight has at least `parallel_min` elements. */
-#include <math.h>
+ *   q8_0: w = q * d,     q in -127..127 */
 #include <stdint.h>
+#include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
-#define BLOCK 32
-#define MAX_ROWS 8
+#define BQ_BLOCK 32
+#define BQ_Q4_1 0
+#define BQ_Q8_0 1
 
-static inline float hsum(const float *acc) {
-    float s = 0.0f;
-    for (int j = 0; j < BLOCK; j++) s += acc[j];
-    return s;
+typedef struct {
+    const uint8_t *qs;
+    const float *d;
+    const float *m; /* q4_1 only */
+    int64_t kind, n, k;
+} bq_weight;
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#define CHUNK 8 /* rows summed together against one decoded block */
+
+/* xs[r * (k / 32) + b]: the sum of block b of row r of x (rows, k) */
+static void bq_block_sums(const float *x, int64_t rows, int64_t k, float *xs) {
+    const int64_t blocks = k / BQ_BLOCK;
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t b = 0; b < blocks; b++) {
+            const float *xb = x + r * k + b * BQ_BLOCK;
+            float s = 0.0f;
+            for (int j = 0; j < BQ_BLOCK; j++) s += xb[j];
+            xs[r * blocks + b] = s;
+        }
 }
 
-#define KERNEL(NAME, REBUILD)                                                                   \
-void NAME(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d,         \
-          const float *m, int64_t n, float *y, int64_t parallel_min) {                          \
-    const int64_t blocks = k / BLOCK;                                                           \
-    if (rows == 1) { /* a single sequence: the sums stay in registers */                        \
-        _Pragma("omp parallel for schedule(static) if (n * k >= parallel_min)")                \
-        for (int64_t o = 0; o < n; o++) {                                                       \
-            float acc[BLOCK] = {0};                                                             \
-            for (int64_t b = 0; b < blocks; b++) {                                              \
-                float w[BLOCK];                                                                 \
-                const float db = d[o * blocks + b];                                             \
-                REBUILD                                                                         \
-                const float *xb = x + b * BLOCK;                                                \
-                for (int j = 0; j < BLOCK; j++) acc[j] = fmaf(w[j], xb[j], acc[j]);             \
-            }                                                                                   \
-            y[o] = hsum(acc);                                                                   \
-        }                                                                                       \
-        return;                                                                                 \
-    }                                                                                           \
-    _Pragma("omp parallel for schedule(static) if (n * k >= parallel_min)")                    \
-    for (int64_t o = 0; o < n; o++) {                                                           \
-        float acc[MAX_ROWS][BLOCK] = {{0}};                                                     \
-        for (int64_t b = 0; b < blocks; b++) {                                                  \
-            float w[BLOCK];                                                                     \
-            const float db = d[o * blocks + b];                                                 \
-            REBUILD                                                                             \
-            for (int64_t r = 0; r < rows; r++) {                                                \
-                const float *xr = x + r * k + b * BLOCK;                                        \
-                for (int j = 0; j < BLOCK; j++) acc[r][j] = fmaf(w[j], xr[j], acc[r][j]);       \
-            }                                                                                   \
-        }                                                                                       \
-        for (int64_t r = 0; r < rows; r++) y[r * n + o] = hsum(acc[r]);                         \
-    }                                                                                           \
-}
+#if defined(__AVX512F__)
 
-KERNEL(q4_1_mm, {
-    const uint8_t *q = qs + (o * blocks + b) * (BLOCK / 2);
-    const float mb = m[o * blocks + b];
-    for (int j = 0; j < BLOCK / 2; j++) {
-        w[j] = (float)(q[j] & 15) * db + mb;
-        w[j + BLOCK / 2] = (float)(q[j] >> 4) * db + mb;
+/* the 32 integers of block b of output o, as floats (lo: elements 0..15, hi: 16..31) */
+static inline __attribute__((always_inline)) void decode(int64_t kind, const uint8_t *qs, int64_t at,
+                                                         __m512 *lo, __m512 *hi) {
+    if (kind == BQ_Q4_1) {
+        const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + at * 16)));
+        *lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, _mm512_set1_epi32(15)));
+        *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
+    } else {
+        const int8_t *q = (const int8_t *)qs + at * 32;
+        *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
+        *hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(q + 16))));
     }
-})
+}
 
-KERNEL(q8_0_mm, {
-    const int8_t *q = (const int8_t *)qs + (o * blocks + b) * BLOCK;
-    (void)m;
-    for (int j = 0; j < BLOCK; j++) w[j] = (float)q[j] * db;
-})
+/* R rows (a compile-time constant once inlined: the sums stay in registers). One or two
+ * rows: d * sum(q x) per block, m * sum(x) added from the block sums. More: each block's
+ * weights rebuilt once as the dense model holds them (q * d + m: a multiply, then an add)
+ * and multiplied into every row, two products per row and block instead of three. */
+static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
+                                                              const float *xs, int64_t o0, int64_t o1,
+                                                              float *y, int64_t ldy) {
+    const int64_t k = w->k, blocks = k / BQ_BLOCK;
+    const int64_t kind = w->kind;
+    const int rebuild = R >= 3;
+    for (int64_t o = o0; o < o1; o++) {
+        __m512 acc[CHUNK];
+        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t at = o * blocks + b;
+            __m512 lo, hi;
+            decode(kind, w->qs, at, &lo, &hi);
+            const __m512 db = _mm512_set1_ps(w->d[at]);
+            if (rebuild) {
+                lo = _mm512_mul_ps(lo, db);
+                hi = _mm512_mul_ps(hi, db);
+                if (kind == BQ_Q4_1) {
+                    const __m512 mb = _mm512_set1_ps(w->m[at]);
+                    lo = _mm512_add_ps(lo, mb);
+                    hi = _mm512_add_ps(hi, mb);
+                }
+            }
+            for (int r = 0; r < R; r++) {
+                const float *xb = x + r * k + b * BQ_BLOCK;
+                if (rebuild) {
+                    acc[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[r]);
+                    acc[r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), acc[r]);
+                } else {
+                    __m512 t = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
+                    t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), t);
+                    acc[r] = _mm512_fmadd_ps(db, t, acc[r]);
+                }
+            }
+        }
+        if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
+            const float *m = w->m + o * blocks;
+            for (int64_t b = 0; b < blocks; b += 16) {
+                const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
+                const __m512 mb = _mm512_maskz_loadu_ps(live, m + b);
+                for (int r = 0; r < R; r++)
+                    acc[r] = _mm512_fmadd_ps(mb, _mm512_maskz_loadu_ps(live, xs + r * blocks + b), acc[r]);
+            }
+        }
+        for (int r = 0; r < R; r++) y[r * ldy + o] = _mm512_reduce_add_ps(acc[r]);
+    }
+}
+
+#else
+
+static inline void rows_kernel(const int R, const bq_weight *w, const float *x, const float *xs, int64_t o0,
+                               int64_t o1, float *y, int64_t ldy) {
+    const int64_t k = w->k, blocks = k / BQ_BLOCK;
+    for (int64_t o = o0; o < o1; o++) {
+        float acc[CHUNK] = {0};
+        for (int64_t b = 0; b < blocks; b++) {
+            float q[BQ_BLOCK];
+            const int64_t at = o * blocks + b;
+            if (w->kind == BQ_Q4_1) {
+                const uint8_t *p = w->qs + at * 16;
+                for (int j = 0; j < 16; j++) {
+                    q[j] = (float)(p[j] & 15);
+                    q[j + 16] = (float)(p[j] >> 4);
+                }
+            } else {
+                const int8_t *p = (const int8_t *)w->qs + at * 32;
+                for (int j = 0; j < BQ_BLOCK; j++) q[j] = (float)p[j];
+            }
+            for (int r = 0; r < R; r++) {
+                const float *xb = x + r * k + b * BQ_BLOCK;
+                float t = 0.0f;
+                for (int j = 0; j < BQ_BLOCK; j++) t += q[j] * xb[j];
+                acc[r] += w->d[at] * t;
+                if (w->kind == BQ_Q4_1) acc[r] += w->m[at] * xs[r * blocks + b];
+            }
+        }
+        for (int r = 0; r < R; r++) y[r * ldy + o] = acc[r];
+    }
+}
+
+#endif
+
+/* y[r * ldy + o] = x[r] . W[o] for r < rows and o0 <= o < o1, on the calling thread;
+ * xs from bq_block_sums(x) */
+static void bq_range(const bq_weight *w, const float *x, int64_t rows, const float *xs, int64_t o0, int64_t o1,
+                     float *y, int64_t ldy) {
+    const int64_t blocks = w->k / BQ_BLOCK;
+    for (int64_t r = 0; r < rows; r += CHUNK) {
+        const float *xr = x + r * w->k, *sr = xs + r * blocks;
+        float *yr = y + r * ldy;
+        switch (rows - r >= CHUNK ? CHUNK : rows - r) {
+            case 1: rows_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
+            case 2: rows_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 3: rows_kernel(3, w, xr, sr, o0, o1, yr, ldy); break;
+            case 4: rows_kernel(4, w, xr, sr, o0, o1, yr, ldy); break;
+            case 5: rows_kernel(5, w, xr, sr, o0, o1, yr, ldy); break;
+            case 6: rows_kernel(6, w, xr, sr, o0, o1, yr, ldy); break;
+            case 7: rows_kernel(7, w, xr, sr, o0, o1, yr, ldy); break;
+            default: rows_kernel(8, w, xr, sr, o0, o1, yr, ldy); break;
+        }
+    }
+}
+
+static void mm(int64_t kind, const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d,
+               const float *m, int64_t n, float *y, int64_t parallel_min) {
+    const bq_weight w = {qs, d, m, kind, n, k};
+    float *xs = malloc(sizeof(float) * (size_t)(rows * (k / BQ_BLOCK) + 1));
+    if (xs == NULL) abort();
+    bq_block_sums(x, rows, k, xs);
+#pragma omp parallel if (n * k >= parallel_min)
+    {
+        int64_t threads = 1, me = 0;
+#ifdef _OPENMP
+        threads = omp_get_num_threads();
+        me = omp_get_thread_num();
+#endif
+        bq_range(&w, x, rows, xs, n * me / threads, n * (me + 1) / threads, y, n);
+    }
+    free(xs);
+}
+
+void q4_1_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d, const float *m,
+             int64_t n, float *y, int64_t parallel_min) {
+    mm(BQ_Q4_1, x, rows, k, qs, d, m, n, y, parallel_min);
+}
+
+void q8_0_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d, const float *m,
+             int64_t n, float *y, int64_t parallel_min) {
+    mm(BQ_Q8_0, x, rows, k, qs, d, m, n, y, parallel_min);
+}

@@ -37,7 +37,8 @@ MAX_ROWS = 8  # rows (sequences) per call the kernels take; more go to oneDNN's 
 # the attention projections, whose calls are too short to pay for waking a second thread
 # (measured: 1 sequence 21.5 -> 26.2 tok/s against splitting every call, at load average 11)
 PARALLEL_MIN = 1 << 19
-SOURCE = Path(__file__).with_name("blockq.c")
+# the kernels, and the fused decode step (sidecar.decode) that includes them: one library
+SOURCES = tuple(Path(__file__).with_name(name) for name in ("blockq.c", "decode.c"))
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -55,7 +56,7 @@ class BlockWeight:
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
         """x (rows, in_features), float32, contiguous, rows <= MAX_ROWS -> (rows, out_features)."""
         y = x.new_empty((x.shape[0], self.out_features))
-        getattr(_library(), f"{self.kind}_mm")(
+        getattr(library(), f"{self.kind}_mm")(
             x.data_ptr(), x.shape[0], self.in_features, self.qs.data_ptr(), self.d.data_ptr(),
             None if self.m is None else self.m.data_ptr(), self.out_features, y.data_ptr(), PARALLEL_MIN)
         return y
@@ -64,7 +65,7 @@ class BlockWeight:
 def available() -> bool:
     """Whether the kernels are built (building them on first call)."""
     try:
-        _library()
+        library()
         return True
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("block-quantized kernels unavailable (float32 weights only): %s", exc)
@@ -159,28 +160,27 @@ def _q8_0(blocks: torch.Tensor) -> BlockWeight | None:
 
 
 @cache
-def _library() -> ctypes.CDLL:
-    """blockq.c built for this machine (once: the build is cached by source, flags and CPU)."""
+def library() -> ctypes.CDLL:
+    """The kernels built for this machine (once: the build is cached by sources, flags and CPU)."""
 
-    source = SOURCE.read_bytes()
-    key = hashlib.sha256(b"\0".join([source, " ".join(FLAGS).encode(), platform.machine().encode(),
-                                     _cpu_flags().encode()])).hexdigest()[:16]
+    key = hashlib.sha256(b"\0".join([*(source.read_bytes() for source in SOURCES), " ".join(FLAGS).encode(),
+                                     platform.machine().encode(), _cpu_flags().encode()])).hexdigest()[:16]
     path = cache_dir() / "kernels" / f"blockq-{key}.so"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
         compiler = os.environ.get("CC", "cc")
         with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
             built = Path(tmp) / path.name
-            subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCE)], check=True, capture_output=True,
-                           timeout=120)
+            subprocess.run([compiler, *FLAGS, "-o", str(built), str(SOURCES[-1])],
+                           check=True, capture_output=True, timeout=120)
             os.replace(built, path)  # atomic: a process starting meanwhile sees all of it or nothing
-    library = ctypes.CDLL(str(path))
+    lib = ctypes.CDLL(str(path))
     pointer, i64 = ctypes.c_void_p, ctypes.c_int64
     for name in ("q4_1_mm", "q8_0_mm"):
-        fn = getattr(library, name)
+        fn = getattr(lib, name)
         fn.argtypes = [pointer, i64, i64, pointer, pointer, pointer, i64, pointer, i64]
         fn.restype = None
-    return library
+    return lib
 
 
 def _cpu_flags() -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import blockq
+from . import blockq, decode
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,9 @@ def optimize(model: torch.nn.Module, folder: str | Path | None = None) -> None:
     blocks = blockq.exact_forms(model, folder) if blockq.available() else {}
     linears = use_onednn(model, packed=_page_dropper(), blocks=blocks)
     quantized = sum(1 for m in model.modules() if isinstance(m, OneDNNLinear) and m.blocks is not None)
+    stepped = decode.attach(model)
     log.info("CPU inference: %d linears on oneDNN (%d with exact block-quantized weights for decode steps), "
-             "%d fused RMSNorms", linears, quantized, fused)
+             "%d fused RMSNorms; fused decode steps: %s", linears, quantized, fused, "yes" if stepped else "no")
 
 
 # ---- attention ----
