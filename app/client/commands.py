@@ -114,15 +114,27 @@ def command_run(args: argparse.Namespace) -> int:
         llm["generation_kwargs"] = {**llm.get("generation_kwargs", {}), "max_new_tokens": args.max_new_tokens}
 
     async def main() -> int:
-        spec = RunSpec(args.name, out, await load_rows(args.input), args.params, llm, args.include_raw, args.cache)
-        heap.settle()  # the input rows and the output file's rows so far live as long as the run
         if args.server is None:
+            spec = RunSpec(args.name, out, await load_rows(args.input), args.params, llm, args.include_raw, args.cache)
+            heap.settle()  # the input rows and the output file's rows so far live as long as the run
             from ..config import load_settings
             return await run_in_process(spec, load_settings(args.config), console)
         async with Server(args.server, args.api_key) as server:
-            if args.job:
+            # what NAME is there (a task or a pipeline) is asked while the input is read; a
+            # bad input is still the error reported, and nothing is submitted before it is read
+            kind = asyncio.ensure_future(server.kind(args.name)) if args.name else None
+            try:
+                rows = await load_rows(args.input)
+            except BaseException:
+                if kind is not None:
+                    kind.cancel()
+                    await asyncio.gather(kind, return_exceptions=True)
+                raise
+            spec = RunSpec(args.name, out, rows, args.params, llm, args.include_raw, args.cache)
+            heap.settle()  # likewise
+            if kind is None:
                 return await reattach(args.job, out, server, console)
-            return await run_on_server(spec, server, console)
+            return await run_on_server(spec, server, console, await kind)
 
     try:
         return asyncio.run(main())

@@ -37,6 +37,8 @@ class OutputFile:
         self._journaled: set[Key] = set()  # rows read from an old journal, not yet in the output
         self._journal = None
         self._flushed = 0.0
+        self._size = 0  # bytes in the journal so far
+        self._spans: dict[Key, tuple[int, int]] = {}  # where add() wrote each row in the journal
         self._prepared: threading.Thread | None = None
 
     def load(self) -> None:
@@ -102,18 +104,22 @@ class OutputFile:
             self._prepared = threading.Thread(target=formats.prepare, args=(self.format,), daemon=True,
                                               name="prepare-output")
             self._prepared.start()
-        self._journal = self.journal_path.open("w", encoding="utf-8")
-        if self.header:
-            self._journal.write(json.dumps(self.header) + "\n")
-        self._journal.write(formats.jsonl_text(self.rows[i] for i in sorted(self._journaled) if i in self.rows))
+        self._journal = self.journal_path.open("wb")
+        head = json.dumps(self.header) + "\n" if self.header else ""
+        data = (head + formats.jsonl_text(self.rows[i] for i in sorted(self._journaled) if i in self.rows)).encode()
+        self._journal.write(data)
         self._journal.flush()
+        self._size, self._spans = len(data), {}
 
     def add(self, key: Key, row: Row) -> None:
         row = {k: v for k, v in row.items() if k != "index"}
         if isinstance(key, int):
             row = {"index": key, **row}
         self.rows[key] = row
-        self._journal.write(json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n")
+        line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
+        self._journal.write(line)
+        self._spans[key] = (self._size, len(line))
+        self._size += len(line)
         if (now := time.monotonic()) - self._flushed >= FLUSH_INTERVAL_S:
             self._journal.flush()
             self._flushed = now
@@ -127,7 +133,13 @@ class OutputFile:
             self._prepared.join()
         tmp = self.path.with_name(self.path.name + ".tmp")
         order = sorted(self.rows, key=lambda k: tuple(map(int, k.split("."))) if isinstance(k, str) else (k,))
-        formats.write_rows(tmp, [self.rows[k] for k in order], fmt=self.format)
+        if self.format == "jsonl" and self._spans:  # the journal's lines are the output's: not encoded twice
+            journal = self.journal_path.read_bytes()
+            tmp.write_bytes(b"".join(journal[span[0]:span[0] + span[1]] if (span := self._spans.get(k))
+                                     else formats.jsonl_text([self.rows[k]]).encode() for k in order))
+        else:
+            formats.write_rows(tmp, [self.rows[k] for k in order], fmt=self.format)
+        self._spans = {}
         os.replace(tmp, self.path)
         if detached and self.header:
             self.journal_path.write_text(json.dumps(self.header) + "\n")

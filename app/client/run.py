@@ -130,9 +130,10 @@ def exit_status(out: OutputFile, console: Console) -> int:
 
 # ---- against a server ----
 
-async def run_on_server(spec: RunSpec, server: Server, console: Console) -> int:
+async def run_on_server(spec: RunSpec, server: Server, console: Console, kind: str | None = None) -> int:
+    """`kind`: what `spec.name` is on the server (`task` or `pipeline`), when already asked."""
     out = spec.output
-    kind = await server.kind(spec.name)
+    kind = kind or await server.kind(spec.name)
     if kind == "task" and spec.rows and not out.rows:  # nothing to resume: every row goes
         p, skipped = Plan(None, None), 0
     elif kind == "task":
