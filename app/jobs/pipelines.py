@@ -34,7 +34,7 @@ from ..pipelines.check import Plan, TaskPlan, build
 from ..pipelines.dedup import DedupIndex
 from ..pipelines.definition import parse
 from ..pipelines.estimate import estimate
-from ..pipelines.execute import Executor, Item, Outcome, all_or_none, empty_counts
+from ..pipelines.execute import USAGE_KEYS, Executor, Item, Outcome, all_or_none, empty_counts
 from ..pipelines.run import clients, gated, sort_key
 from . import keys
 from .keys import LUA_NAMES, JobStatus
@@ -51,14 +51,21 @@ if TYPE_CHECKING:
     from .store import JobStore
 
 RESULTS_BATCH = 500
+COUNTERS = ("rows_in", "rows_out", "failed", "filtered")
+WIDTH = len(COUNTERS) + len(USAGE_KEYS)  # a step's counters in a ledger (packed)
+LEDGER = "t:"  # a unit's ledger: field "t:<unit>" of the job's inputs hash (keys.inputs)
 _ID = re.compile(r'^\{"id":"([0-9.]+)"')
 
-# KEYS: the job, its checkpoints. ARGV: unit, the unit's tree (JSON), step name, that
-# step's counters for this row (JSON). -> 0 when the job is no longer active (nothing written)
+# KEYS: the job, its checkpoints, its inputs. ARGV: unit, the unit's tree (JSON), step name,
+# that step's counters for this row (JSON), the unit's ledger ('' = the tree). -> 0 when the
+# job is no longer active (nothing written). The ledger (Tree.ledger) outlives the
+# checkpoint, which goes when the unit is stored or the job ends: POST /jobs/{id}/retry
+# reads it (app.jobs.retry.plan_retry)
 CHECKPOINT = LUA_NAMES + """
 local status = redis.call('HGET', KEYS[1], F.status)
 if status ~= S.queued and status ~= S.running then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[3], '""" + LEDGER + """' .. ARGV[1], ARGV[5] ~= '' and ARGV[5] or ARGV[2])
 local steps = cjson.decode(redis.call('HGET', KEYS[1], F.steps) or '[]')
 local d = cjson.decode(ARGV[4])
 for _, pair in ipairs(steps) do
@@ -121,24 +128,89 @@ async def pipeline_job(state: AppState, req: JobRequest, owner: str | None) -> S
 
 # ---- running (a worker) ----
 
+def packed(counts: dict[str, Any]) -> list[float]:
+    """A step's counters as a ledger keeps them: rows_in, rows_out, failed, filtered, then usage."""
+    u = counts["usage"]
+    return [*(counts[k] for k in COUNTERS), *(u.get(k, 0) for k in USAGE_KEYS)]
+
+
+def unpacked(values: list[float]) -> dict[str, Any]:
+    values = [*values, *[0] * (WIDTH - len(values))]
+    usage: dict[str, Any] = {k: int(v) for k, v in zip(USAGE_KEYS, values[len(COUNTERS):])}
+    usage["cost_usd"] = round(float(values[len(COUNTERS) + USAGE_KEYS.index("cost_usd")]), 9)
+    return {**{k: int(v) for k, v in zip(COUNTERS, values)}, "usage": usage}
+
+
+def wanted(row_id: str, ids: list[str]) -> bool:
+    """Is the row one of `ids`, or made of one of them (an explode of the same step)?"""
+    return any(row_id == i or row_id.startswith(i + ".") for i in ids)
+
+
 @dataclass
 class Tree:
     """A unit's rows: those still going (by id) and the final ones, and the usage of every
-    call made for it (rows filtered out included)."""
+    call made for it (rows filtered out included).
+
+    For POST /jobs/{id}/retry the tree also keeps its ledger: `base` (the usage of earlier
+    runs, already in the job's totals), `counts` (what it added to each step's counters),
+    `redo` (each row that failed, as it entered the step it failed at: {"item", "ids": the
+    failed rows it made, "whole": no other row of that step came of it}), `kept` (ids of the
+    final rows stored by earlier runs) and `only` (a row put back by a retry whose step made
+    rows that were fine: {id: {"step", "ids"}}, the rows of that step to go on with)."""
 
     going: dict[str, Item]
     final: list[Item] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
+    base: Usage = field(default_factory=Usage)
+    counts: dict[str, list[float]] = field(default_factory=dict)
+    redo: list[dict[str, Any]] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    only: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def dump(self) -> str:
         # app.encoding: rows hold answers, which may hold inf or lone surrogates
         return encoding.dumps({"going": [i.dump() for i in self.going.values()],
-                               "final": [i.dump() for i in self.final], "usage": self.usage.as_dict()}).decode()
+                               "final": [i.dump() for i in self.final], "usage": self.usage.as_dict(),
+                               "base": self.base.as_dict(), "counts": self.counts, "redo": self.redo,
+                               "kept": self.kept, "only": self.only}).decode()
+
+    def ledger(self) -> str:
+        """What the unit's ledger holds: '' (the tree itself) while rows are going; once the
+        tree is done, all but its final rows, which the job's results hold (their ids)."""
+        if self.going:
+            return ""
+        return encoding.dumps({"done": True, "ids": [*self.kept, *(i.id for i in self.final)],
+                               "usage": self.usage.as_dict(), "base": self.base.as_dict(),
+                               "counts": self.counts, "redo": self.redo}).decode()
 
     @classmethod
     def load(cls, data: dict[str, Any]) -> Tree:
-        going = [Item.load(i) for i in data["going"]]
-        return cls({i.id: i for i in going}, [Item.load(i) for i in data["final"]], Usage(**data["usage"]))
+        going = [Item.load(i) for i in data.get("going", [])]
+        return cls({i.id: i for i in going}, [Item.load(i) for i in data.get("final", [])], Usage(**data["usage"]),
+                   Usage(**data.get("base", {})), data.get("counts", {}), data.get("redo", []),
+                   data.get("kept", []), data.get("only", {}))
+
+    def count(self, step: str, counts: dict[str, Any]) -> None:
+        mine = self.counts.setdefault(step, [0] * WIDTH)
+        for i, v in enumerate(packed(counts)):
+            mine[i] += v
+
+    def resume(self, names: list[str]) -> None:
+        """Put every row that failed back at the step it failed at, as it entered it, and
+        take what it counted there off the step's counters (it counts again when it runs)."""
+        failed: set[str] = set()
+        for redo in self.redo:
+            item, ids = Item.load(redo["item"]), redo["ids"]
+            failed.update(ids)
+            self.going[item.id] = item
+            if not redo["whole"]:
+                self.only[item.id] = {"step": item.step, "ids": ids}
+            mine = self.counts.setdefault(names[item.step], [0] * WIDTH)
+            mine[COUNTERS.index("rows_in")] -= 1 if redo["whole"] else 0
+            mine[COUNTERS.index("failed")] -= len(ids)
+        self.final = [i for i in self.final if i.id not in failed]
+        self.kept = [i for i in self.kept if i not in failed]
+        self.redo = []
 
 
 @dataclass
@@ -184,16 +256,36 @@ class PipelineJob:
         n = len(steps)
 
         async def stepped(item: Item, outcome: Outcome) -> None:
+            name = steps[item.step].step.name
+            only = tree.only.get(item.id)
+            if only is not None and only["step"] == item.step:
+                # a row a retry put back (Tree.resume) whose step also made rows that were
+                # fine and went on: only the others go on now (Executor.walk reads the outcome's
+                # items once this returns)
+                del tree.only[item.id]
+                outcome.items[:] = [out for out in outcome.items if wanted(out.id, only["ids"])]
+            else:
+                only = None
             del tree.going[item.id]
+            failed = []
             for out in outcome.items:
+                if out.error is not None:
+                    failed.append(out.id)
                 if out.error is not None or out.step >= n:
                     tree.final.append(out)
                 else:
                     tree.going[out.id] = out
+            if failed:  # the row as it entered this step: where a retry starts it again
+                tree.redo.append({"item": item.dump(), "ids": failed,
+                                  "whole": only is None and len(failed) == len(outcome.items)})
+            counts = outcome.counts()
+            if only is not None:  # (the row was counted in when it first ran the step)
+                counts["rows_in"] = 0
             tree.usage = tree.usage + outcome.usage
+            tree.count(name, counts)
             # stored before the row's next call: what is paid for is never asked again
-            await checkpoint(keys=[keys.job(self.job_id), keys.checkpoints(self.job_id)],
-                             args=[unit, tree.dump(), steps[item.step].step.name, json.dumps(outcome.counts())])
+            await checkpoint(keys=[keys.job(self.job_id), keys.checkpoints(self.job_id), keys.inputs(self.job_id)],
+                             args=[unit, tree.dump(), name, json.dumps(counts), tree.ledger()])
 
         await all_or_none(self.executor.walk(item, stepped, lambda _: None) for item in list(tree.going.values()))
         rows = [(None, item.final()) for item in sorted(tree.final, key=lambda i: sort_key(i.id))]

@@ -8,18 +8,41 @@ chunks with the input rows kept since the job was submitted (keys.inputs), marke
 call cache are not paid again: a unit's calls claim the same numbers as before
 (llm_clients.cache). `max_cost_usd` replaces the job's budget.
 
+A pipeline job's units are trees of rows (app.jobs.pipelines): `retry_pipeline` plans its
+retry on each tree's ledger, which says which rows failed at which step, and goes on from
+there (`plan_retry`).
+
 Tasks whose number of rows per unit varies, and those that run one algorithm over the
-whole job (Task.split "whole"), cannot say which rows a unit made: 422.
+whole job (Task.split "whole"), cannot say which rows a unit made: their rows take the next
+free index when they are stored, and the only record of which unit stored how many (the
+units hash) goes when the job ends (scripts.finish). Those are a 422.
+
+Either kind waits until the job has been over for SETTLE_S (`settle`): a worker's writes
+under way when the job ended (a batch of units in the writer, a checkpoint) are refused
+while the job has ended, but would be taken into the run the retry starts, and count twice.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
 from pydantic import BaseModel, ConfigDict, Field
 
+from llm_clients import Usage
+
+from ..pipelines.definition import DedupStep, parse
 from . import keys
 from .models import JobSpec
+from .pipelines import LEDGER, WIDTH, Tree, unpacked
 from .scripts import PRELUDE
 from .store import JobStore
+
+SETTLE_S = 1.0  # well over the writer's batching interval and a round trip
 
 # KEYS: keys.job_keys(id), the queue, the inputs. ARGV: the spec JSON ('' = unchanged),
 # units per chunk, the job id. -> 'gone' | 'active' | 'unsupported' | the status after
@@ -98,6 +121,19 @@ class RetryRequest(BaseModel):
         "A new budget for the job's calls (all of them, those before the retry included)."))
 
 
+async def settle(finished_at: str | None) -> None:
+    """Wait until a job that ended at `finished_at` (ISO, UTC) has been over for SETTLE_S."""
+    if not finished_at:
+        return
+    try:
+        ended = datetime.fromisoformat(finished_at.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return
+    wait = ended + SETTLE_S - datetime.now().timestamp()
+    if wait > 0:
+        await asyncio.sleep(min(wait, SETTLE_S))
+
+
 async def retry_job(store: JobStore, job_id: str, *, max_cost_usd: float | None, chunk_units: int) -> str:
     """-> 'gone', 'active', 'unsupported', or the job's status after."""
     spec = ""
@@ -109,3 +145,186 @@ async def retry_job(store: JobStore, job_id: str, *, max_cost_usd: float | None,
     script = store.redis.register_script(RETRY)
     return await script(keys=[*keys.job_keys(job_id), keys.QUEUE, keys.inputs(job_id)],
                         args=[spec, chunk_units, job_id])
+
+
+# ---- pipeline jobs ----
+
+@dataclass
+class RetryPlan:
+    """What POST /jobs/{id}/retry does to a pipeline job (plan_retry), and the job's totals
+    after it: those of the units that stay as they are and what the others had banked."""
+
+    units: list[int] = field(default_factory=list)  # the units to run again
+    trees: dict[int, str] = field(default_factory=dict)  # unit -> the tree it goes on from
+    fresh: list[int] = field(default_factory=list)  # units that start again from their input row
+    delete: list[int] = field(default_factory=list)  # result indexes of the rows that run again
+    completed: int = 0
+    usage: Usage = field(default_factory=Usage)
+    counts: dict[str, list[float]] = field(default_factory=dict)
+
+
+def plan_retry(total: int, names: list[str], ledgers: Mapping[int, dict[str, Any]],
+               present: Mapping[int, list[tuple[int, str]]]) -> RetryPlan:
+    """Every unit by its ledger (Tree.ledger) and the rows of it the results hold (index, id):
+
+    done, all its rows stored, none failed   stays; counted as it is
+    done, all its rows stored, some failed   its failed rows' results go; it goes on from the
+                                             rows that failed, each as it entered its step
+    not done (a cancel or a budget stopped   goes on from its tree as it was; a give-up's error
+      it, or the worker gave up on it)       row goes
+    no ledger, or done but rows missing      starts again from its input row (every call of it
+      (a cancel came between its last step   is in the call cache); its rows go
+      and the storing of its rows)
+
+    The job's totals become the sum over units of what each has banked: `completed` the
+    units that stay, `usage` every call made for a unit that stays or goes on (a tree that
+    goes on adds its new calls when it is stored), and each step's counters what the units
+    that stay or go on added to them (less the failed rows, counted again when they run)."""
+    plan = RetryPlan(counts={name: [0] * WIDTH for name in names})
+
+    def bank(usage: Usage, counts: dict[str, list[float]]) -> None:
+        plan.usage = plan.usage + usage
+        for name, values in counts.items():
+            mine = plan.counts.setdefault(name, [0] * WIDTH)
+            for i, v in enumerate(values):
+                mine[i] += v
+
+    for unit in range(total):
+        ledger = ledgers.get(unit)
+        rows = present.get(unit, [])
+        tree: Tree | None = None
+        gone = [index for index, _ in rows]
+        if ledger is not None and ledger.get("done"):
+            ids = ledger["ids"]
+            if sorted(ids) == sorted(row_id for _, row_id in rows):
+                usage = Usage(**ledger["base"]) + Usage(**ledger["usage"])
+                if not ledger["redo"]:
+                    plan.completed += 1
+                    bank(usage, ledger["counts"])
+                    continue
+                tree = Tree({}, base=usage, counts=ledger["counts"], redo=ledger["redo"], kept=list(ids))
+                tree.resume(names)
+                kept = set(tree.kept)
+                gone = [index for index, row_id in rows if row_id not in kept]
+        elif ledger is not None:
+            tree = Tree.load(ledger)
+            tree.resume(names)
+        plan.units.append(unit)
+        plan.delete.extend(gone)
+        if tree is None:
+            plan.fresh.append(unit)
+        else:
+            plan.trees[unit] = tree.dump()
+            bank(tree.base, tree.counts)
+    return plan
+
+
+# ARGV: a cursor -> {the next cursor, index, id, index, id, ...}: the ids of the stored rows
+# (each starts with its id: Item.final), a batch at a time, without sending the rows
+ROW_IDS = """
+local r = redis.call('HSCAN', KEYS[1], ARGV[1], 'COUNT', 1000)
+local out = {r[1]}
+for i = 1, #r[2], 2 do
+  out[#out + 1] = r[2][i]
+  out[#out + 1] = string.match(r[2][i + 1], '^{"id":"([0-9.]+)"') or ''
+end
+return out
+"""
+
+# KEYS: keys.job_keys(id), the queue, the inputs, the job's dedup indexes. ARGV: the status and
+# event seq the plan was made on, the spec ('' = unchanged), completed, failed, input_tokens,
+# output_tokens, cost_usd, cached_calls, steps (JSON), units_done, the job id, the ttl of the
+# dedup indexes, then counts nd, nt, nf, nc and: nd result indexes to drop, nt pairs (unit,
+# tree), nf units that start afresh, nc chunks ("0,1,2"). -> 'gone' | 'active' | 'changed'
+# (planned on a state that is no more) | the status after
+RETRY_TREES = PRELUDE + """
+local QUEUE, INPUTS = KEYS[6], KEYS[7]
+local status = redis.call('HGET', JOB, F.status)
+if not status then return 'gone' end
+if active(status) then return 'active' end
+if status ~= ARGV[1] or (redis.call('HGET', JOB, F.event_seq) or '') ~= ARGV[2] then return 'changed' end
+if ARGV[3] ~= '' then redis.call('HSET', JOB, F.spec, ARGV[3]) end
+local nd, nt, nf, nc = tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16]), tonumber(ARGV[17])
+if nc == 0 then return status end
+local a = 18
+for i = a, a + nd - 1 do redis.call('HDEL', RESULTS, ARGV[i]) end
+a = a + nd
+for i = a, a + 2 * nt - 1, 2 do
+  redis.call('HSET', CKPT, ARGV[i], ARGV[i + 1])
+  redis.call('HSET', INPUTS, '""" + LEDGER + """' .. ARGV[i], ARGV[i + 1])
+  redis.call('HDEL', UNITS, ARGV[i])
+end
+a = a + 2 * nt
+for i = a, a + nf - 1 do
+  redis.call('HDEL', CKPT, ARGV[i])
+  redis.call('HDEL', INPUTS, '""" + LEDGER + """' .. ARGV[i])
+  redis.call('HDEL', UNITS, ARGV[i])
+end
+a = a + nf
+redis.call('HSET', JOB, F.status, S.queued, F.finished_at, '', F.error, '', F.completed, ARGV[4], F.failed, ARGV[5],
+           F.input_tokens, ARGV[6], F.output_tokens, ARGV[7], F.cost_usd, ARGV[8], F.cached_calls, ARGV[9],
+           F.steps, ARGV[10], F.units_done, ARGV[11])
+redis.call('HDEL', JOB, F.last_error)
+for _, key in ipairs({JOB, RESULTS, EVENTS, INPUTS}) do redis.call('PERSIST', key) end
+for i = 8, #KEYS do  -- the dedup indexes live as long as their last claim: long enough for this run
+  if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[13]) end
+end
+for i = a, a + nc - 1 do
+  local rows = {}
+  for u in string.gmatch(ARGV[i], '%d+') do rows[#rows + 1] = redis.call('HGET', INPUTS, u) or '{}' end
+  redis.call('XADD', QUEUE, '*', Q.job, ARGV[12], Q.units, ARGV[i], Q.retry, '1',
+             Q.rows, '[' .. table.concat(rows, ',') .. ']')
+end
+emit(E.progress)
+return S.queued
+"""
+
+
+async def retry_pipeline(store: JobStore, job_id: str, *, max_cost_usd: float | None, chunk_units: int) -> str:
+    """POST /jobs/{id}/retry for a pipeline job: plan it on the job's ledgers and stored row ids
+    (read while the job has ended, so nothing writes them), then apply the plan in one script
+    that first checks the job is as it was read (another retry, a delete). -> 'gone', 'active',
+    or the job's status after."""
+    redis = store.redis
+    for _ in range(3):
+        status, seq, raw_spec, raw_steps, raw_total = await redis.hmget(
+            keys.job(job_id), [keys.Field.STATUS, keys.Field.EVENT_SEQ, keys.Field.SPEC, keys.Field.STEPS,
+                               keys.Field.UNITS_TOTAL])
+        if status is None or raw_spec is None:
+            return "gone"
+        if status in keys.ACTIVE:
+            return "active"
+        spec = JobSpec.model_validate_json(raw_spec)
+        assert spec.pipeline is not None
+        names = [name for name, _ in json.loads(raw_steps or "[]")]
+        ledgers = {int(f[len(LEDGER):]): json.loads(v)
+                   async for f, v in redis.hscan_iter(keys.inputs(job_id), match=f"{LEDGER}*", count=1000)}
+        present: dict[int, list[tuple[int, str]]] = {}
+        row_ids = redis.register_script(ROW_IDS)
+        cursor = "0"
+        while True:
+            got = await row_ids(keys=[keys.results(job_id)], args=[cursor])
+            cursor = str(got[0])
+            for index, row_id in zip(got[1::2], got[2::2]):
+                present.setdefault(int(row_id.split(".")[0]) if row_id else -1, []).append((int(index), row_id))
+            if cursor == "0":
+                break
+        plan = plan_retry(int(raw_total or 0), names, ledgers, present)
+        new_spec = "" if max_cost_usd is None else spec.model_copy(update={"max_cost_usd": max_cost_usd}).model_dump_json()
+        steps = [[name, unpacked(plan.counts.get(name, []))] for name in names]
+        u = plan.usage
+        chunks = [",".join(map(str, plan.units[i:i + chunk_units])) for i in range(0, len(plan.units), chunk_units)]
+        dedups = [keys.dedup(job_id, s.name) for s in parse(spec.pipeline["definition"]).steps if isinstance(s, DedupStep)]
+        # (failed: 0, every row with an error runs again)
+        args: list[Any] = [status, seq or "", new_spec, plan.completed, 0, u.input_tokens, u.output_tokens,
+                           repr(max(u.cost_usd, 0.0)), u.cached_calls, json.dumps(steps),
+                           int(raw_total or 0) - len(plan.units), job_id, store.config.result_ttl_s,
+                           len(plan.delete), len(plan.trees), len(plan.fresh), len(chunks), *plan.delete]
+        for unit, tree in plan.trees.items():
+            args += [unit, tree]
+        args += [*plan.fresh, *chunks]
+        script = redis.register_script(RETRY_TREES)
+        answer = await script(keys=[*keys.job_keys(job_id), keys.QUEUE, keys.inputs(job_id), *dedups], args=args)
+        if answer != "changed":
+            return str(answer)
+    return "active"

@@ -102,19 +102,20 @@ async def cancel_job(job: OwnedJobDep, jobs: JobsDep) -> dict[str, Any]:
                         **UNAVAILABLE})
 async def retry_job(job: OwnedJobDep, jobs: JobsDep, state: StateDep,
                     body: RetryRequest | None = None) -> dict[str, Any]:
-    """Run again every row with an `error` or no result, under the same id (app.jobs.retry)."""
-    if job.pipeline is not None:  # its rows are trees of rows, which app.jobs.retry does not know
-        raise InvalidInput(f"job {job.id!r} runs a pipeline: its jobs cannot be retried row by row; submit it "
-                           "again (the call cache answers every step already paid for)")
-    status = await retry.retry_job(jobs, job.id, max_cost_usd=body.max_cost_usd if body else None,
-                                   chunk_units=state.settings.jobs.chunk_units)
+    """Run again every row with an `error` or no result, under the same id (app.jobs.retry;
+    a pipeline job's rows from the step they failed at: retry.retry_pipeline)."""
+    await retry.settle(job.finished_at)
+    again = retry.retry_pipeline if job.pipeline is not None else retry.retry_job
+    status = await again(jobs, job.id, max_cost_usd=body.max_cost_usd if body else None,
+                         chunk_units=state.settings.jobs.chunk_units)
     if status == "gone":
         raise NotFound(f"unknown job {job.id!r}")
     if status == "active":
         raise InvalidInput(f"job {job.id!r} is still {job.status}: retry it once it has ended (or cancel it)")
     if status == "unsupported":
         raise InvalidInput(f"task {job.task!r} makes a varying number of rows per unit, or runs over the whole "
-                           "job: its jobs cannot be retried row by row; submit it again (the cache keeps what was paid)")
+                           "job: its stored rows do not say which unit made them, so its jobs cannot be retried "
+                           "row by row; submit it again (the call cache answers every call already paid for)")
     retried = await jobs.get(job.id)
     if retried is None:
         raise NotFound(f"unknown job {job.id!r}")
