@@ -116,13 +116,16 @@ async def test_a_retried_row_dedups_against_the_rows_kept_before(mock):
 async def test_retry_after_a_budget_stop_goes_on_from_every_tree(mock):
     """A budget stops the job with trees half done: the retry with a new budget goes on from
     each tree as it was (the rows stored before the stop stay), and asks no step twice but
-    the calls cut off by the stop."""
+    the calls cut off by the stop. A tree that was done but not yet stored at the stop runs
+    again from its input row (from the cache): through the dedup step, where its row finds
+    its own claim and is kept."""
     n, limit = 24, 4
+    pipeline = {"name": "three-once", "steps": [*THREE_STEPS["steps"], {"name": "once", "dedup": {"column": "generation"}}]}
     mock.configure(latency_ms=20)
     settings = mock_settings(mock.url, max_retries=0, max_concurrency=limit)
     settings.backends["mock"] = settings.backends["mock"].model_copy(update={"price_input_per_mtok": 1e6})
     async with serve(settings) as client:
-        r = await client.post("/jobs", json={"pipeline": THREE_STEPS, "rows": rows(n), "max_cost_usd": 60})
+        r = await client.post("/jobs", json={"pipeline": pipeline, "rows": rows(n), "max_cost_usd": 60})
         stopped = await wait_job(client, r.json()["id"], statuses=("cancelled",))
         assert "budget" in stopped["error"] and stopped["progress"]["completed"] < n
         kept = {r["id"]: r for r in await results(client, stopped["id"])}
@@ -139,7 +142,7 @@ async def test_retry_after_a_budget_stop_goes_on_from_every_tree(mock):
         if r["id"] in kept:
             assert r == {**kept[r["id"]], "index": r["index"]}
     steps = done["progress"]["steps"]
-    assert [(s["rows_in"], s["rows_out"], s["failed"]) for s in steps.values()] == [(n, n, 0)] * 3
+    assert [(s["rows_in"], s["rows_out"], s["failed"], s["filtered"]) for s in steps.values()] == [(n, n, 0, 0)] * 4
     assert {k: done["usage"][k] for k in USAGE} == steps_usage(done)
     assert len(asked) == 3 * n and sum(asked.values()) - 3 * n <= limit
 
