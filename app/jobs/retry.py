@@ -297,7 +297,7 @@ async def retry_pipeline(store: JobStore, job_id: str, *, max_cost_usd: float | 
         spec = JobSpec.model_validate_json(raw_spec)
         assert spec.pipeline is not None
         names = [name for name, _ in json.loads(raw_steps or "[]")]
-        ledgers = {int(f[len(LEDGER):]): json.loads(v)
+        ledgers = {int(f[len(LEDGER):]): v
                    async for f, v in redis.hscan_iter(keys.inputs(job_id), match=f"{LEDGER}*", count=1000)}
         present: dict[int, list[tuple[int, str]]] = {}
         row_ids = redis.register_script(ROW_IDS)
@@ -309,7 +309,9 @@ async def retry_pipeline(store: JobStore, job_id: str, *, max_cost_usd: float | 
                 present.setdefault(int(row_id.split(".")[0]) if row_id else -1, []).append((int(index), row_id))
             if cursor == "0":
                 break
-        plan = plan_retry(int(raw_total or 0), names, ledgers, present)
+        # (off the event loop: ~35 us a unit, seconds for a job of 100,000 rows)
+        plan = await asyncio.to_thread(
+            lambda: plan_retry(int(raw_total or 0), names, {u: json.loads(v) for u, v in ledgers.items()}, present))
         new_spec = "" if max_cost_usd is None else spec.model_copy(update={"max_cost_usd": max_cost_usd}).model_dump_json()
         steps = [[name, unpacked(plan.counts.get(name, []))] for name in names]
         u = plan.usage
