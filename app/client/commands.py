@@ -119,6 +119,9 @@ def command_run(args: argparse.Namespace) -> int:
             heap.settle()  # the input rows and the output file's rows so far live as long as the run
             from ..config import load_settings
             return await run_in_process(spec, load_settings(args.config), console)
+        # No collection on the way to the submission: `follow` settles the heap (app.heap)
+        # once the job is in, while the server works, and turns the collector back on
+        gc.disable()
         async with Server(args.server, args.api_key) as server:
             # what NAME is there (a task or a pipeline) is asked while the input is read; a
             # bad input is still the error reported, and nothing is submitted before it is read
@@ -131,7 +134,6 @@ def command_run(args: argparse.Namespace) -> int:
                     await asyncio.gather(kind, return_exceptions=True)
                 raise
             spec = RunSpec(args.name, out, rows, args.params, llm, args.include_raw, args.cache)
-            heap.settle()  # likewise
             if kind is None:
                 return await reattach(args.job, out, server, console)
             return await run_on_server(spec, server, console, await kind)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -25,11 +27,21 @@ class ServerError(Exception):
         self.detail = detail
 
 
+def _tls_context(url: str) -> ssl.SSLContext | bool:
+    """True (httpx's default context, with the CA bundle) wherever TLS may be spoken. A plain
+    http:// server with no proxy from the environment never is; loading the bundle there
+    cost ~0.03 s of the CLI's start, so a context without CAs stands in: one that would
+    refuse every TLS peer, never trust one."""
+    if url.lower().startswith("http://") and not any(k.lower().endswith("_proxy") for k in os.environ):
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    return True
+
+
 class Server:
     def __init__(self, url: str, api_key: str | None = None):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # read=None: an event stream may be quiet for a while (the server sends keep-alives)
-        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers,
+        self.http = httpx.AsyncClient(base_url=url.rstrip("/"), headers=headers, verify=_tls_context(url),
                                       timeout=httpx.Timeout(60.0, read=None))
 
     async def __aenter__(self) -> Server:

@@ -3,7 +3,8 @@
 Rows are appended to a journal beside the output (`OUT.partial`, JSONL) as they finish,
 so a crash loses nothing; at the end (or on Ctrl-C) the rows already in the output and
 the journal's are merged, sorted, and written in the output's format (CSV and Parquet
-cannot be appended to). The journal's first line names the job it follows, so
+cannot be appended to). A fresh run's Parquet output is written ahead, a row group at a
+time as rows come in order (`ParquetAhead`), so the end has only the last one to write. The journal's first line names the job it follows, so
 `synthserve run --job ID` can reattach. Running again with the same output skips every
 input row whose output rows are all there without an error.
 
@@ -40,6 +41,8 @@ class OutputFile:
         self._size = 0  # bytes in the journal so far
         self._spans: dict[Key, tuple[int, int]] = {}  # where add() wrote each row in the journal
         self._prepared: threading.Thread | None = None
+        self._tmp = self.path.with_name(self.path.name + ".tmp")
+        self._ahead: ParquetAhead | None = None
 
     def load(self) -> None:
         """The rows of a previous run: the output file, then the journal (newer)."""
@@ -110,12 +113,19 @@ class OutputFile:
         self._journal.write(data)
         self._journal.flush()
         self._size, self._spans = len(data), {}
+        if self.format == "parquet" and not self.rows:
+            self._ahead = ParquetAhead(self._tmp)
 
     def add(self, key: Key, row: Row) -> None:
         row = {k: v for k, v in row.items() if k != "index"}
         if isinstance(key, int):
             row = {"index": key, **row}
+        if self._ahead is not None and (key in self.rows or not isinstance(key, int) or key < 0):
+            self._ahead.give_up()  # a row again (a job run again): the end writes the file whole
+            self._ahead = None
         self.rows[key] = row
+        if self._ahead is not None and isinstance(key, int):
+            self._ahead.add(key, self.rows)
         line = (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode()
         self._journal.write(line)
         self._spans[key] = (self._size, len(line))
@@ -131,9 +141,12 @@ class OutputFile:
             self._journal = None
         if self._prepared is not None:
             self._prepared.join()
-        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp = self._tmp
         order = sorted(self.rows, key=lambda k: tuple(map(int, k.split("."))) if isinstance(k, str) else (k,))
-        if self.format == "jsonl" and self._spans:  # the journal's lines are the output's: not encoded twice
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead.finish(self.rows, order):
+            pass  # written while the rows came
+        elif self.format == "jsonl" and self._spans:  # the journal's lines are the output's: not encoded twice
             journal = self.journal_path.read_bytes()
             tmp.write_bytes(b"".join(journal[span[0]:span[0] + span[1]] if (span := self._spans.get(k))
                                      else formats.jsonl_text([self.rows[k]]).encode() for k in order))
@@ -153,3 +166,72 @@ class OutputFile:
     @property
     def failed(self) -> int:
         return sum(bool(r.get("error")) for r in self.rows.values())
+
+
+class ParquetAhead:
+    """A fresh run's Parquet file written while its rows come: each batch of formats.BATCH
+    rows in index order (0..999, then 1000..1999, ...) is measured (formats.Shape) and written
+    as a row group to `tmp` once all its rows are in, so the end writes only the last batch.
+    The same batches measured and converted in the same order as formats.write_rows: the
+    same file. Given up (the end writes the file whole, as before) when a batch changes the
+    shape measured so far (a column or a type first seen later: e.g. the first failed row's
+    `error` after rows without one), a row comes twice, a write fails, or the rows are not
+    0..N-1 at the end. ~50 ms of the end of a 5,000-row run (bench/cli_throughput)."""
+
+    def __init__(self, tmp: Path):
+        self.tmp = tmp
+        self.shape = formats.Shape()
+        self.types: dict | None = None  # the shape the file's schema was made from
+        self.writer: Any = None  # pyarrow.parquet.ParquetWriter
+        self.batches = 0  # written
+        self.counts: dict[int, int] = {}  # rows in, per batch
+        self.ok = True
+
+    def add(self, key: int, rows: dict[Key, Row]) -> None:
+        """Row `key` (new) is in `rows`: write every batch now complete, in order."""
+        b = key // formats.BATCH
+        self.counts[b] = self.counts.get(b, 0) + 1
+        while self.ok and self.counts.get(self.batches) == formats.BATCH:
+            start = self.batches * formats.BATCH
+            self._write([rows[i] for i in range(start, start + formats.BATCH)])
+
+    def _write(self, batch: list[Row]) -> None:
+        try:
+            self.shape.add(batch)
+            if self.writer is None:
+                import pyarrow.parquet as pq
+
+                self.types = dict(self.shape.types)
+                self.writer = pq.ParquetWriter(str(self.tmp), self.shape.schema())
+            elif self.shape.types != self.types:
+                self.give_up()
+                return
+            self.writer.write_table(formats.arrow_table(batch, self.shape))
+            self.batches += 1
+        except Exception:  # noqa: BLE001 - the end writes the file whole, and reports what fails then
+            self.give_up()
+
+    def finish(self, rows: dict[Key, Row], order: list[Key]) -> bool:
+        """Write the batches left and close the file: True, or False when given up."""
+        if self.ok and order and order[-1] == len(order) - 1 and order[0] == 0:  # keys: 0..N-1, unique
+            for start in range(self.batches * formats.BATCH, len(order), formats.BATCH):
+                if self.ok:
+                    self._write([rows[i] for i in range(start, min(start + formats.BATCH, len(order)))])
+            if self.ok:
+                try:
+                    self.writer.close()
+                    return True
+                except Exception:  # noqa: BLE001 - as in _write
+                    pass
+        self.give_up()
+        return False
+
+    def give_up(self) -> None:
+        self.ok = False
+        if self.writer is not None:
+            try:
+                self.writer.close()
+            except Exception:  # noqa: BLE001 - the file goes anyway
+                pass
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)

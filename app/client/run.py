@@ -5,13 +5,14 @@ CLI, web page, CORS")."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
 
-from .. import formats
+from .. import formats, heap
 from .http import Server, ServerError
 from .output import OutputFile
 from .progress import Counts, ProgressDisplay
@@ -172,6 +173,10 @@ async def reattach(job_id: str, out: OutputFile, server: Server, console: Consol
 
 async def follow(server: Server, job: dict[str, Any], out: OutputFile, header: dict[str, Any],
                  console: Console) -> int:
+    # the job is in: the input rows and the output's rows so far live as long as the run
+    # (command_run turned the collector off until here, to keep it off the way to the submission)
+    heap.settle()
+    gc.enable()
     p = Plan(header["units"], header["per_unit"])
     pipeline = bool(job.get("pipeline"))
     out.start(header)
