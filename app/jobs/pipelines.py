@@ -37,6 +37,7 @@ from ..pipelines.estimate import estimate
 from ..pipelines.execute import USAGE_KEYS, Executor, Item, Outcome, all_or_none, empty_counts
 from ..pipelines.run import clients, gated, sort_key
 from . import keys
+from .batched import BatchedScript
 from .keys import LUA_NAMES, JobStatus
 from .models import Chunk, Job, JobRequest, JobSpec, UnitResult, new_job_id, now_iso
 from .queue import Submission
@@ -222,6 +223,10 @@ class PipelineJob:
     executor: Executor
     redis: Redis
     started: bool = False
+    checkpoints: BatchedScript = field(init=False)  # the CHECKPOINT script, a loop turn's calls at a time
+
+    def __post_init__(self) -> None:
+        self.checkpoints = BatchedScript(self.redis, CHECKPOINT)
 
     @classmethod
     def resolve(cls, job_id: str, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient],
@@ -308,8 +313,7 @@ async def run_units(rt: Any, chunk: Chunk, todo: list[int], on_unit: OnUnit, on_
     by this module's script), a task's by app.jobs.runner."""
     if not isinstance(rt, PipelineJob):
         return await run_chunk(rt, chunk, todo, on_unit, on_checkpoint, isolate=isolate)
-    script = rt.redis.register_script(CHECKPOINT)
-    await all_or_none(rt.run_unit(chunk, unit, on_unit, script) for unit in todo)
+    await all_or_none(rt.run_unit(chunk, unit, on_unit, rt.checkpoints) for unit in todo)
 
 
 def error_units(rt: Any, chunk: Chunk, units: list[int], message: str) -> list[UnitResult]:
