@@ -16,7 +16,9 @@ disagree.
     synthserve:job:{id}:events       stream   entry id "<seq>-0": {e: row, i: index} or
                                               {e: progress|done, SNAPSHOT fields}
     synthserve:job:{id}:checkpoints  hash     unit -> {step: answer} (JSON) of multi-call tasks
-    synthserve:job:{id}:inputs       hash     unit -> its input row (JSON), for POST /jobs/{id}/retry
+    synthserve:job:{id}:inputs       hash     unit -> its input row (JSON), for POST /jobs/{id}/retry;
+                                              of a pipeline job also "t:<unit>" -> the unit's ledger
+                                              (app.jobs.pipelines.Tree.ledger)
     synthserve:wake:{process}        stream   wakes one API process's event reader (jobs/follow.py)
     synthserve:spent:{id}            string   what the job's calls have cost so far, USD (app.spend's budget)
     synthserve:dedup:{scope}:{step}  hash     a pipeline dedup step's index: field -> the row id that
