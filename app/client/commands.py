@@ -123,9 +123,11 @@ def command_run(args: argparse.Namespace) -> int:
         # once the job is in, while the server works, and turns the collector back on
         gc.disable()
         async with Server(args.server, args.api_key) as server:
-            # what NAME is there (a task or a pipeline) is asked while the input is read; a
-            # bad input is still the error reported, and nothing is submitted before it is read
-            kind = asyncio.ensure_future(server.kind(args.name)) if args.name else None
+            # What NAME is there (a task or a pipeline) is asked while the input is read when a
+            # run resumes (or reads nothing); a fresh run's rows go at once, as a task's, and
+            # run_on_server asks only if the server has no such task. A bad input is still the
+            # error reported, and nothing is submitted before it is read.
+            kind = asyncio.ensure_future(server.kind(args.name)) if args.name and (out.rows or not args.input) else None
             try:
                 rows = await load_rows(args.input)
             except BaseException:
@@ -134,9 +136,9 @@ def command_run(args: argparse.Namespace) -> int:
                     await asyncio.gather(kind, return_exceptions=True)
                 raise
             spec = RunSpec(args.name, out, rows, args.params, llm, args.include_raw, args.cache)
-            if kind is None:
+            if args.job:
                 return await reattach(args.job, out, server, console)
-            return await run_on_server(spec, server, console, await kind)
+            return await run_on_server(spec, server, console, None if kind is None else await kind)
 
     try:
         return asyncio.run(main())

@@ -134,33 +134,49 @@ def exit_status(out: OutputFile, console: Console) -> int:
 async def run_on_server(spec: RunSpec, server: Server, console: Console, kind: str | None = None) -> int:
     """`kind`: what `spec.name` is on the server (`task` or `pipeline`), when already asked."""
     out = spec.output
-    kind = kind or await server.kind(spec.name)
-    if kind == "task" and spec.rows and not out.rows:  # nothing to resume: every row goes
+    job: dict[str, Any] | None = None
+    if kind is None and spec.rows and not out.rows:
+        # nothing to resume: the rows go at once, as a task's file; what NAME is, is asked
+        # only when the server has no task of that name (a pipeline, or nothing at all)
         p, skipped = Plan(None, None), 0
-    elif kind == "task":
-        n_units, per_unit, subset = unit_shape(spec.name, spec.params, len(spec.rows))
-        p = plan(out, n_units, per_unit, subset=subset, console=console)
-        skipped = len(out.rows)
-    else:  # progress counts a pipeline's input rows
-        p = plan_pipeline(out, len(spec.rows), console)
-        skipped = 0 if p.units is None else len(spec.rows) - len(p.units)
-    if p.units == []:
-        console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
-        return exit_status(out, console)
-    body: dict[str, Any] = {kind: spec.name, "params": spec.params, "llm": spec.llm, "include_raw": spec.include_raw}
-    if spec.cache is not None:
-        body["cache"] = spec.cache
-    rows = spec.rows if p.units is None else [spec.rows[u] for u in p.units]
-    try:
-        if kind == "task" and rows:  # as a file: no JSON body limit, queued a batch at a time
-            job = await server.submit_file(body, UPLOAD_NAME, formats.jsonl_text(rows).encode())
-        else:
-            job = await server.submit({**body, "rows": rows} if rows else body)
-    except ServerError as exc:
-        raise p.renumbered(exc) from None
+        try:
+            job = await submit(server, spec, "task", spec.rows, p)
+        except ServerError as exc:
+            if exc.status != 404 or await server.kind(spec.name) == "task":
+                raise
+            kind = "pipeline"
+    if job is None:
+        kind = kind or await server.kind(spec.name)
+        if kind == "task" and spec.rows and not out.rows:  # nothing to resume: every row goes
+            p, skipped = Plan(None, None), 0
+        elif kind == "task":
+            n_units, per_unit, subset = unit_shape(spec.name, spec.params, len(spec.rows))
+            p = plan(out, n_units, per_unit, subset=subset, console=console)
+            skipped = len(out.rows)
+        else:  # progress counts a pipeline's input rows
+            p = plan_pipeline(out, len(spec.rows), console)
+            skipped = 0 if p.units is None else len(spec.rows) - len(p.units)
+        if p.units == []:
+            console.print(f"nothing to do: every row is already in {out.path}", highlight=False)
+            return exit_status(out, console)
+        job = await submit(server, spec, kind, spec.rows if p.units is None else [spec.rows[u] for u in p.units], p)
     header = {"job": job["id"], "units": p.units, "per_unit": p.per_unit, "skipped": skipped}
     console.print(f"job {job['id']} submitted to {server.http.base_url}", highlight=False)
     return await follow(server, job, out, header, console)
+
+
+async def submit(server: Server, spec: RunSpec, kind: str, rows: list[dict[str, Any]], p: Plan) -> dict[str, Any]:
+    """POST /jobs: a task's rows as a file (no JSON body limit, queued a batch at a time), a
+    pipeline's in the JSON body; the server's place of a bad row renumbered as the input's."""
+    body: dict[str, Any] = {kind: spec.name, "params": spec.params, "llm": spec.llm, "include_raw": spec.include_raw}
+    if spec.cache is not None:
+        body["cache"] = spec.cache
+    try:
+        if kind == "task" and rows:
+            return await server.submit_file(body, UPLOAD_NAME, formats.jsonl_text(rows).encode())
+        return await server.submit({**body, "rows": rows} if rows else body)
+    except ServerError as exc:
+        raise p.renumbered(exc) from None
 
 
 async def reattach(job_id: str, out: OutputFile, server: Server, console: Console) -> int:
