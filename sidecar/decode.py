@@ -96,7 +96,8 @@ class FusedStep:
         batch this step does not take."""
         rows = ids.shape[0]
         layers = cache.layers
-        if rows > MAX_ROWS or len(layers) != self.layers or not isinstance(layers[0], SlackLayer):
+        if (rows > MAX_ROWS or len(layers) != self.layers or not isinstance(layers[0], SlackLayer)
+                or not ids.dtype == mask.dtype == position.dtype == torch.int64):
             return None
         length = layers[0].keys.shape[-2]
         if mask.shape != (rows, length + 1) or len({layer._kbuf.shape[-2] for layer in layers}) != 1:
