@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
 from .. import formats, heap
 from .http import Server, ServerError
@@ -209,6 +208,8 @@ def print_jobs(console: Console, jobs: list[dict[str, Any]]) -> None:
         for line in (header, *lines):
             print("\t".join(line))
         return
+    from rich.table import Table
+
     table = Table(*header, box=None)
     table.columns[0].no_wrap = True
     for line in lines:
