@@ -210,6 +210,9 @@ class ParquetAhead:
             self.batches += 1
         except Exception:  # noqa: BLE001 - the end writes the file whole, and reports what fails then
             self.give_up()
+        except BaseException:  # Ctrl-C between the write and its count: never a batch written twice
+            self.give_up()
+            raise
 
     def finish(self, rows: dict[Key, Row], order: list[Key]) -> bool:
         """Write the batches left and close the file: True, or False when given up."""

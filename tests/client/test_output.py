@@ -112,3 +112,29 @@ def test_a_later_error_a_row_twice_or_a_gap_give_the_same_file_as_writing_it_who
     out, reference = fresh_run(tmp_path, keyed)
     assert out.path.read_bytes() == reference
     assert not (tmp_path / "out.parquet.tmp").exists()
+
+
+def test_ctrl_c_just_after_a_row_group_is_written_never_writes_it_twice(tmp_path, monkeypatch):
+    n = formats.BATCH * 3
+    out = OutputFile(tmp_path / "out.parquet")
+    out.start({"job": "job_1", "units": None, "per_unit": None, "skipped": 0})
+    write = pq.ParquetWriter.write_table
+    calls = []
+
+    def interrupted_after_the_second(self, table, *args, **kwargs):
+        write(self, table, *args, **kwargs)
+        calls.append(table.num_rows)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", interrupted_after_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        for i in range(n):
+            out.add(i, row(i, "t"))
+    for i in range(2 * formats.BATCH, n):  # the rest, new rows (as a reattach would bring them)
+        out.add(i, row(i, "t"))
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", write)
+    out.finish(detached=True)
+    reference = tmp_path / "reference.parquet"
+    formats.write_rows(reference, [{**row(i, "t"), "index": i} for i in range(n)])
+    assert out.path.read_bytes() == reference.read_bytes()
