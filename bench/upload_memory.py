@@ -49,7 +49,7 @@ def main() -> None:
         tmp = Path(tmp)
         redis = RedisServer(tmp)
         config = tmp / "bench.toml"
-        config.write_text(f'[server]\nmax_body_bytes = {(args.mb + 50) * 1_000_000}\nmax_rows_per_request = {rows}\n'
+        config.write_text(f'[server]\nmax_body_bytes = {(args.mb + 50) * 1_000_000}\nmax_rows_per_request = {rows}\nmax_output_rows_per_request = {rows}\n'
                           '[backends.mock]\nprovider = "openai"\nbase_url = "http://127.0.0.1:9/v1"\n'
                           f'model = "mock-model"\n[jobs]\nredis_url = "{redis.url}"\nconsume = false\n')
         src = tmp / "rows.jsonl"
