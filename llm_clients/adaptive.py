@@ -9,7 +9,8 @@ depends on where the limit stands against the level the backend last took (the c
 flight beside the one refused): below it, one success (the limit doubles per round trip
 back to where it was safe, as TCP's slow start); at or above it, 32 x limit successes (the
 ceiling is probed rarely, so few calls are refused). A call that got its slot before the
-last decrease does not decrease again: one burst of 429s is one halving.
+last decrease does not decrease again: one burst of 429s is one halving, and its refusals
+only bring that level down.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class AdaptiveLimit:
         """A 429 or a timeout of a call that got its slot at `started` (time.monotonic()),
         with `in_flight` calls in flight, itself included, when it ended."""
         if started < self.last_decrease:
+            # the same burst, already answered by one halving. Refusals come back at once
+            # while accepted calls take a whole latency, so the first refusal saw the
+            # calls about to be refused in flight too: the fewest in flight at any refusal
+            # of the burst is what the backend took (at 128 in flight against a ceiling of
+            # 32, the first says 127 and the last 32)
+            self.safe = max(1, min(self.safe, in_flight - 1))
             return
         self.last_decrease = time.monotonic()
         # the others in flight then went through: the backend takes about that many, whatever

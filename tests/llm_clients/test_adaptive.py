@@ -68,6 +68,20 @@ def test_one_burst_of_429s_halves_once_and_successes_bring_it_back():
     assert slots.limit == 32  # never above max_concurrency
 
 
+def test_a_burst_learns_the_level_from_its_last_refusal():
+    """128 in flight against a ceiling of 32: the 96 refusals come back while the accepted
+    calls are still running, in flight 128, 127, ... 33. Learning 127 from the first, the
+    limit would climb straight back past the ceiling after every halving."""
+    slots = Slots(128)
+    limit = AdaptiveLimit(slots, 128)
+    started = time.monotonic()
+    for in_flight in range(128, 32, -1):
+        limit.on_overload(started, in_flight)
+    assert slots.limit == 64 and limit.safe == 32
+    limit.on_overload(time.monotonic(), 40)  # a later burst starts from what it sees
+    assert slots.limit == 32 and limit.safe == 39
+
+
 def test_never_below_one():
     slots = Slots(1)
     limit = AdaptiveLimit(slots, 4)
