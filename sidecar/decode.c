@@ -32,19 +32,23 @@ typedef struct {
     const dc_layer *layer;
 } dc_model;
 
+static float dot(const float *a, const float *b, int64_t n) {
+    float acc[16] = {0};
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        for (int i = 0; i < 16; i++) acc[i] += a[j + i] * b[j + i];
+    float s = 0.0f;
+    for (int i = 0; i < 16; i++) s += acc[i];
+    for (; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
 /* out = x * rsqrt(mean(x^2) + eps) * w, row by row */
 static void rms_norm(const float *x, const float *w, int64_t rows, int64_t n, float eps, float *out) {
     for (int64_t r = 0; r < rows; r++) {
         const float *xr = x + r * n;
-        float acc[16] = {0};
-        int64_t j = 0;
-        for (; j + 16 <= n; j += 16)
-            for (int i = 0; i < 16; i++) acc[i] += xr[j + i] * xr[j + i];
-        float s = 0.0f;
-        for (int i = 0; i < 16; i++) s += acc[i];
-        for (; j < n; j++) s += xr[j] * xr[j];
-        const float scale = 1.0f / sqrtf(s / (float)n + eps);
-        for (j = 0; j < n; j++) out[r * n + j] = w[j] * (xr[j] * scale);
+        const float scale = 1.0f / sqrtf(dot(xr, xr, n) / (float)n + eps);
+        for (int64_t j = 0; j < n; j++) out[r * n + j] = w[j] * (xr[j] * scale);
     }
 }
 
@@ -59,17 +63,6 @@ static void rope(float *x, int64_t heads, int64_t dim, const float *cos, const f
             v[i + half] = b * cos[i + half] + a * sin[i + half];
         }
     }
-}
-
-static float dot(const float *a, const float *b, int64_t n) {
-    float acc[16] = {0};
-    int64_t j = 0;
-    for (; j + 16 <= n; j += 16)
-        for (int i = 0; i < 16; i++) acc[i] += a[j + i] * b[j + i];
-    float s = 0.0f;
-    for (int i = 0; i < 16; i++) s += acc[i];
-    for (; j < n; j++) s += a[j] * b[j];
-    return s;
 }
 
 /* softmax(q . K^T * scale, masked) @ V for one query head of one row */
