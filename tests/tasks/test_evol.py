@@ -110,7 +110,9 @@ async def test_mutations_are_seeded_per_row_whatever_the_concurrency(mock):
 async def test_evol_complexity_never_uses_breadth(service, mock):
     mock.script([{"reply": "#Rewritten Prompt#: harder"}])
     rows = [{"instruction": f"q{i}"} for i in range(30)]
-    out = await run_task(service, "evol-complexity", rows)
+    # a fixed seed: with one drawn per request, 30 draws from 4 methods left one out in about
+    # one run in 1,400
+    out = await run_task(service, "evol-complexity", rows, {"seed": 3})
     assert out["failed"] == 0
     names = {_mutation(p) for p in chat_prompts(mock.requests())}
     assert names == set(REWRITE_METHODS)
