@@ -17,9 +17,11 @@ found). The unit comes from `enter_unit` (Task.run_unit calls it). It prices
 every completion from the backend's `price_*_per_mtok`; an answer served from the cache
 costs nothing and counts in `usage.cached_calls`.
 
-Lookups from calls started in the same event-loop turn go to Redis as one MGET, and
-stores as one script call: a thousand concurrent rows cost a few round trips, not two
-thousand (the cache's cost at 0 ms backend latency is in bench/cache_and_limits.py).
+Lookups from calls started in the same event-loop turn go to Redis as one MGET: a thousand
+rows starting together cost one round trip. Stores are gathered for STORE_WINDOW_S: answers
+come back one at a time, spread over the backend's latency, and a round trip per answer
+(~175 us of redis-py CPU) was a tenth of a row's cost at 256 in flight; a row waits a few
+ms more for its store, holding no backend slot (bench/cache_and_limits.py, "overhead").
 """
 
 from __future__ import annotations
@@ -40,20 +42,23 @@ log = logging.getLogger("synthserve.cache")
 CacheMode = Literal["on", "off", "refresh"]
 KEY_PREFIX = "synthserve:cache:"
 CLAIM_PREFIX = "synthserve:cacheocc:"
-# KEYS: none. ARGV: TTL of a claim in ms, then (job, digest, "unit:k") triples -> for each,
-# its number and the entry stored under it (false: none): claim and lookup in one round trip
+STORE_WINDOW_S = 0.005
+# KEYS: none. ARGV: TTL of a claim in ms, then one line "job digest unit:k" per claim ->
+# for each, its number and the entry stored under it (false: none): claim and lookup in one
+# round trip. The claims travel as one argument: hundreds of small ones cost redis-py more
+# CPU to pack and send than the script costs Redis to run.
 _CLAIM = """
 local out = {}
-for i = 2, #ARGV, 3 do
-  local key = '""" + CLAIM_PREFIX + """' .. ARGV[i] .. ':' .. ARGV[i + 1]
-  local n = redis.call('HGET', key, ARGV[i + 2])
+for job, digest, member in string.gmatch(ARGV[2], '(%S+) (%S+) (%S+)\\n') do
+  local key = '""" + CLAIM_PREFIX + """' .. job .. ':' .. digest
+  local n = redis.call('HGET', key, member)
   if not n then
     n = redis.call('HINCRBY', key, '#', 1) - 1
-    redis.call('HSET', key, ARGV[i + 2], n)
+    redis.call('HSET', key, member, n)
     redis.call('PEXPIRE', key, ARGV[1])
   end
   out[#out + 1] = tonumber(n)
-  out[#out + 1] = redis.call('GET', '""" + KEY_PREFIX + """' .. ARGV[i + 1] .. ':' .. n)
+  out[#out + 1] = redis.call('GET', '""" + KEY_PREFIX + """' .. digest .. ':' .. n)
 end
 return out
 """
@@ -83,7 +88,7 @@ class CallCache:
         self.hits = 0
         self.misses = 0
         self._gets = _Batch(self._mget)
-        self._puts = _Batch(self._mset)
+        self._puts = _Batch(self._mset, window_s=STORE_WINDOW_S)
         self._claims = _Batch(self._claim_all)
         self._set_all = redis.register_script(_SET_ALL)
         self._claim = redis.register_script(_CLAIM)
@@ -123,11 +128,10 @@ class CallCache:
     async def claim(self, job: str, digest: str, member: str, ttl_ms: int) -> tuple[int, bytes | None]:
         """The number the call `member` ("unit:k") of `job` holds for `digest` (claimed now
         if it had none), and the answer stored under it."""
-        return await self._claims.add(f"{job}|{digest}|{member}", ttl_ms)
+        return await self._claims.add(f"{job} {digest} {member}\n", ttl_ms)
 
     async def _claim_all(self, items: dict[str, Any]) -> dict[str, tuple[int, bytes | None]]:
-        triples = [part for item in items for part in item.split("|", 2)]
-        out = await self._claim(args=[max(items.values()), *triples])
+        out = await self._claim(args=[max(items.values()), "".join(items)])
         return {item: (int(out[2 * i]), out[2 * i + 1]) for i, item in enumerate(items)}
 
 
@@ -175,18 +179,23 @@ class JobOccurrences:
 
 
 class _Batch:
-    """Items added in one event-loop turn go to `flush(items) -> {key: result}` together;
-    each caller awaits its own key's result (or the batch's error)."""
+    """Items added in one event-loop turn (or within `window_s` of the first) go to
+    `flush(items) -> {key: result}` together; each caller awaits its own key's result (or
+    the batch's error)."""
 
-    def __init__(self, flush: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]):
+    def __init__(self, flush: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]], *, window_s: float = 0.0):
         self._flush = flush
+        self._window_s = window_s
         self._items: dict[str, Any] = {}
         self._waiters: dict[str, list[asyncio.Future[Any]]] = {}
         self._running: set[asyncio.Task[None]] = set()
 
     def add(self, key: str, item: Any) -> asyncio.Future[Any]:
         if not self._waiters:
-            asyncio.get_running_loop().call_soon(self._start)
+            if self._window_s:
+                asyncio.get_running_loop().call_later(self._window_s, self._start)
+            else:
+                asyncio.get_running_loop().call_soon(self._start)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._items[key] = item
         self._waiters.setdefault(key, []).append(future)
