@@ -29,7 +29,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -119,6 +119,14 @@ class RetryRequest(BaseModel):
 
     max_cost_usd: float | None = Field(None, gt=0, allow_inf_nan=False, description=(
         "A new budget for the job's calls (all of them, those before the retry included)."))
+    cache: Literal["refresh"] | None = Field(None, description=(
+        "`\"refresh\"`: the rows that run again call the backend afresh and overwrite what the "
+        "cache holds for them (an answer that could not be parsed is otherwise served again, "
+        "as a paid answer is); the job keeps this setting."))
+
+    def spec_update(self) -> dict[str, Any]:
+        """What the retry changes in the job's spec."""
+        return {k: v for k, v in (("max_cost_usd", self.max_cost_usd), ("cache", self.cache)) if v is not None}
 
 
 async def settle(finished_at: str | None) -> None:
@@ -134,14 +142,15 @@ async def settle(finished_at: str | None) -> None:
         await asyncio.sleep(min(wait, SETTLE_S))
 
 
-async def retry_job(store: JobStore, job_id: str, *, max_cost_usd: float | None, chunk_units: int) -> str:
-    """-> 'gone', 'active', 'unsupported', or the job's status after."""
+async def retry_job(store: JobStore, job_id: str, *, update: dict[str, Any], chunk_units: int) -> str:
+    """-> 'gone', 'active', 'unsupported', or the job's status after. `update`: what changes
+    in the job's spec (RetryRequest.spec_update)."""
     spec = ""
-    if max_cost_usd is not None:
+    if update:
         raw = await store.redis.hget(keys.job(job_id), keys.Field.SPEC)
         if raw is None:
             return "gone"
-        spec = JobSpec.model_validate_json(raw).model_copy(update={"max_cost_usd": max_cost_usd}).model_dump_json()
+        spec = JobSpec.model_validate_json(raw).model_copy(update=update).model_dump_json()
     script = store.redis.register_script(RETRY)
     return await script(keys=[*keys.job_keys(job_id), keys.QUEUE, keys.inputs(job_id)],
                         args=[spec, chunk_units, job_id])
@@ -280,7 +289,7 @@ return S.queued
 """
 
 
-async def retry_pipeline(store: JobStore, job_id: str, *, max_cost_usd: float | None, chunk_units: int) -> str:
+async def retry_pipeline(store: JobStore, job_id: str, *, update: dict[str, Any], chunk_units: int) -> str:
     """POST /jobs/{id}/retry for a pipeline job: plan it on the job's ledgers and stored row ids
     (read while the job has ended, so nothing writes them), then apply the plan in one script
     that first checks the job is as it was read (another retry, a delete). -> 'gone', 'active',
@@ -312,7 +321,7 @@ async def retry_pipeline(store: JobStore, job_id: str, *, max_cost_usd: float | 
         # (off the event loop: ~35 us a unit, seconds for a job of 100,000 rows)
         plan = await asyncio.to_thread(
             lambda: plan_retry(int(raw_total or 0), names, {u: json.loads(v) for u, v in ledgers.items()}, present))
-        new_spec = "" if max_cost_usd is None else spec.model_copy(update={"max_cost_usd": max_cost_usd}).model_dump_json()
+        new_spec = spec.model_copy(update=update).model_dump_json() if update else ""
         steps = [[name, unpacked(plan.counts.get(name, []))] for name in names]
         u = plan.usage
         chunks = [",".join(map(str, plan.units[i:i + chunk_units])) for i in range(0, len(plan.units), chunk_units)]

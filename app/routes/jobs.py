@@ -106,7 +106,7 @@ async def retry_job(job: OwnedJobDep, jobs: JobsDep, state: StateDep,
     a pipeline job's rows from the step they failed at: retry.retry_pipeline)."""
     await retry.settle(job.finished_at)
     again = retry.retry_pipeline if job.pipeline is not None else retry.retry_job
-    status = await again(jobs, job.id, max_cost_usd=body.max_cost_usd if body else None,
+    status = await again(jobs, job.id, update=body.spec_update() if body else {},
                          chunk_units=state.settings.jobs.chunk_units)
     if status == "gone":
         raise NotFound(f"unknown job {job.id!r}")

@@ -144,3 +144,28 @@ async def test_retry_of_a_running_job_is_refused(mock):
         refused = await client.post(f"/jobs/{r.json()['id']}/retry")
         await client.post(f"/jobs/{r.json()['id']}/cancel")
     assert refused.status_code == 422 and "still" in refused.json()["detail"]
+
+
+async def test_retry_with_cache_refresh_samples_an_unparsed_answer_again(mock):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    mock.script([{"match": "take 2", "reply": "not json"}, {"match": "take", "reply": '{"name": "fig"}'}])
+    async with serve(settings(mock)) as client:
+        job = await submit(client, params={"structured_output": {"schema": schema}})
+        assert job["status"] == "completed" and job["progress"]["failed"] == 1
+        mock.script([{"match": "take", "reply": '{"name": "plum"}'}])
+        before = mock.stats()["requests"]
+        assert (await client.post(f"/jobs/{job['id']}/retry")).status_code == 200
+        served = await finished(client, job["id"])
+        plain = mock.stats()["requests"] - before
+        r = await client.post(f"/jobs/{job['id']}/retry", json={"cache": "refresh"})
+        assert r.status_code == 200
+        again = await finished(client, job["id"])
+        rows = await results(client, job["id"])
+        refused = await client.post(f"/jobs/{job['id']}/retry", json={"cache": False})
+    # a plain retry is answered from the cache: the same unreadable answer, no call
+    assert served["progress"]["failed"] == 1 and plain == 0
+    # with "refresh" only the failed row calls again, and its new answer is read
+    assert mock.stats()["requests"] - before == 1
+    assert again["status"] == "completed" and again["progress"]["failed"] == 0
+    assert rows[2]["generation_parsed"] == {"name": "plum"} and rows[0]["generation_parsed"] == {"name": "fig"}
+    assert refused.status_code == 422 and "cache" in refused.text
