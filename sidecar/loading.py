@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from . import cpu
+from . import cpu, graphs
 from .cache import cache_dir
 from .params import EngineError
 
@@ -59,8 +59,9 @@ def embedded_gguf() -> Path:
 
 def load(model: str | None = None, device: str | None = None, *, optimize: bool = True) -> Loaded:
     """The model `model` names (None: the embedded SmolLM2) on `device` (None: CUDA when
-    present), in bf16 on CUDA and float32 on CPU, in eval mode; on CPU with the kernels
-    of `cpu.optimize` unless `optimize` is false (plain Transformers, as a reference)."""
+    present), in bf16 on CUDA and float32 on CPU, in eval mode; unless `optimize` is false
+    (plain Transformers, as a reference), on CPU with the kernels of `cpu.optimize`, on CUDA
+    with decode steps replayed from CUDA graphs (`graphs.attach`)."""
     target = resolve_device(device)
     dtype = torch.bfloat16 if target.type == "cuda" else torch.float32
     folder: str | Path
@@ -84,6 +85,10 @@ def load(model: str | None = None, device: str | None = None, *, optimize: bool 
     lm = lm.to(target).eval()
     if target.type == "cpu" and optimize:
         cpu.optimize(lm, folder)
+    elif target.type == "cuda" and optimize:
+        graphed = graphs.attach(lm, capture=True)
+        log.info("CUDA inference: %s, SDPA; decode steps replayed from CUDA graphs: %s", lm.dtype,
+                 "yes" if graphed else f"no ({graphs.DISABLE_ENV}=0 or not taken)")
     return Loaded(lm, tokenizer, model_id)
 
 
