@@ -4,7 +4,7 @@ scripts (scripts.py) get the same names through `LUA_NAMES`, so Python and Lua c
 disagree.
 
     synthserve:queue                 stream   one entry per chunk of units: Entry.* {job, units, rows
-                                              (their input rows, JSON), retry}; deleted when acknowledged
+                                              (their input rows, JSON), retry, run}; deleted when acknowledged
         group "workers"                       every worker reads through it; the PEL is the
                                               set of chunks in flight, per consumer
     synthserve:cancel                channel  job ids cancelled or deleted (workers drop their work)
@@ -82,6 +82,7 @@ class Field(StrEnum):
     PROGRESS_COUNT = "progress_count"  # completed + failed at the last progress event
     PROGRESS_MS = "progress_ms"        # when the last progress event was logged
     LAST_ERROR = "last_error"          # why a chunk failed last (for the give-up message)
+    RUN = "run"                        # the job's run: 0, then one more per POST /jobs/{id}/retry
 
 
 # What progress and done events carry: the fields of the job that change while it runs.
@@ -96,6 +97,7 @@ class Entry(StrEnum):
     UNITS = "units"    # its units, "0,1,2"
     ROWS = "rows"      # their input rows, a JSON list (tasks that take rows)
     RETRY = "retry"    # "1": put back by POST /jobs/{id}/retry (app.jobs.retry)
+    RUN = "run"        # the job's run it belongs to (absent: 0); writes of another run are refused
 
 
 class Event(StrEnum):

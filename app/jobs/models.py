@@ -212,3 +212,4 @@ class Chunk:
     rows: dict[int, dict[str, Any]] = field(default_factory=dict)
     checkpoints: dict[int, dict[str, Any]] = field(default_factory=dict)
     attempt: int = 1
+    run: int = 0  # the job's run it belongs to (Entry.RUN)

@@ -58,13 +58,14 @@ LEDGER = "t:"  # a unit's ledger: field "t:<unit>" of the job's inputs hash (key
 _ID = re.compile(r'^\{"id":"([0-9.]+)"')
 
 # KEYS: the job, its checkpoints, its inputs. ARGV: unit, the unit's tree (JSON), step name,
-# that step's counters for this row (JSON), the unit's ledger ('' = the tree). -> 0 when the
-# job is no longer active (nothing written). The ledger (Tree.ledger) outlives the
+# that step's counters for this row (JSON), the unit's ledger ('' = the tree), the chunk's
+# run. -> 0 when the job is no longer active, or runs again after a retry (nothing written). The ledger (Tree.ledger) outlives the
 # checkpoint, which goes when the unit is stored or the job ends: POST /jobs/{id}/retry
 # reads it (app.jobs.retry.plan_retry)
 CHECKPOINT = LUA_NAMES + """
 local status = redis.call('HGET', KEYS[1], F.status)
 if status ~= S.queued and status ~= S.running then return 0 end
+if (redis.call('HGET', KEYS[1], F.run) or '0') ~= ARGV[6] then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 redis.call('HSET', KEYS[3], '""" + LEDGER + """' .. ARGV[1], ARGV[5] ~= '' and ARGV[5] or ARGV[2])
 local steps = cjson.decode(redis.call('HGET', KEYS[1], F.steps) or '[]')
@@ -223,6 +224,7 @@ class PipelineJob:
     executor: Executor
     redis: Redis
     started: bool = False
+    run: int = 0  # the job's run when its spec was read (Field.RUN)
     checkpoints: BatchedScript = field(init=False)  # the CHECKPOINT script, a loop turn's calls at a time
 
     def __post_init__(self) -> None:
@@ -290,7 +292,7 @@ class PipelineJob:
             tree.count(name, counts)
             # stored before the row's next call: what is paid for is never asked again
             await checkpoint(keys=[keys.job(self.job_id), keys.checkpoints(self.job_id), keys.inputs(self.job_id)],
-                             args=[unit, tree.dump(), name, json.dumps(counts), tree.ledger()])
+                             args=[unit, tree.dump(), name, json.dumps(counts), tree.ledger(), chunk.run])
 
         await all_or_none(self.executor.walk(item, stepped, lambda _: None) for item in list(tree.going.values()))
         rows = [(None, item.final()) for item in sorted(tree.final, key=lambda i: sort_key(i.id))]

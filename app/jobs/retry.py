@@ -17,9 +17,10 @@ whole job (Task.split "whole"), cannot say which rows a unit made: their rows ta
 free index when they are stored, and the only record of which unit stored how many (the
 units hash) goes when the job ends (scripts.finish). Those are a 422.
 
-Either kind waits until the job has been over for SETTLE_S (`settle`): a worker's writes
-under way when the job ended (a batch of units in the writer, a checkpoint) are refused
-while the job has ended, but would be taken into the run the retry starts, and count twice.
+Either kind starts a new run of the job (Field.RUN, carried by its queue entries): a
+worker's writes still under way from the run before (a batch of units in its writer, a
+checkpoint) are refused by the scripts instead of counting twice, and chunks of the run
+before still queued are dropped by the workers that read them.
 """
 
 from __future__ import annotations
@@ -28,7 +29,6 @@ import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,8 +41,6 @@ from .models import JobSpec
 from .pipelines import LEDGER, WIDTH, Tree, unpacked
 from .scripts import PRELUDE
 from .store import JobStore
-
-SETTLE_S = 1.0  # well over the writer's batching interval and a round trip
 
 # KEYS: keys.job_keys(id), the queue, the inputs. ARGV: the spec JSON ('' = unchanged),
 # units per chunk, the job id. -> 'gone' | 'active' | 'unsupported' | the status after
@@ -95,6 +93,7 @@ redis.call('HSET', JOB, F.status, S.queued, F.finished_at, '', F.error, '', F.co
            F.cost_usd, tostring(math.max(usage[3], 0)), F.cached_calls, usage[4])
 redis.call('HDEL', JOB, F.last_error)
 for _, key in ipairs({JOB, RESULTS, EVENTS, INPUTS}) do redis.call('PERSIST', key) end
+local run = redis.call('HINCRBY', JOB, F.run, 1)
 local size = tonumber(ARGV[2])
 for i = 1, #redo, size do
   local units, rows = {}, {}
@@ -102,7 +101,7 @@ for i = 1, #redo, size do
     units[#units + 1] = redo[j]
     if spec.has_rows then rows[#rows + 1] = redis.call('HGET', INPUTS, redo[j]) or '{}' end
   end
-  local entry = {'XADD', QUEUE, '*', Q.job, ARGV[3], Q.units, table.concat(units, ','), Q.retry, '1'}
+  local entry = {'XADD', QUEUE, '*', Q.job, ARGV[3], Q.units, table.concat(units, ','), Q.retry, '1', Q.run, run}
   if spec.has_rows then
     entry[#entry + 1] = Q.rows
     entry[#entry + 1] = '[' .. table.concat(rows, ',') .. ']'
@@ -127,19 +126,6 @@ class RetryRequest(BaseModel):
     def spec_update(self) -> dict[str, Any]:
         """What the retry changes in the job's spec."""
         return {k: v for k, v in (("max_cost_usd", self.max_cost_usd), ("cache", self.cache)) if v is not None}
-
-
-async def settle(finished_at: str | None) -> None:
-    """Wait until a job that ended at `finished_at` (ISO, UTC) has been over for SETTLE_S."""
-    if not finished_at:
-        return
-    try:
-        ended = datetime.fromisoformat(finished_at.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return
-    wait = ended + SETTLE_S - datetime.now().timestamp()
-    if wait > 0:
-        await asyncio.sleep(min(wait, SETTLE_S))
 
 
 async def retry_job(store: JobStore, job_id: str, *, update: dict[str, Any], chunk_units: int) -> str:
@@ -278,10 +264,11 @@ for _, key in ipairs({JOB, RESULTS, EVENTS, INPUTS}) do redis.call('PERSIST', ke
 for i = 8, #KEYS do  -- the dedup indexes live as long as their last claim: long enough for this run
   if redis.call('EXISTS', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], ARGV[13]) end
 end
+local run = redis.call('HINCRBY', JOB, F.run, 1)
 for i = a, a + nc - 1 do
   local rows = {}
   for u in string.gmatch(ARGV[i], '%d+') do rows[#rows + 1] = redis.call('HGET', INPUTS, u) or '{}' end
-  redis.call('XADD', QUEUE, '*', Q.job, ARGV[12], Q.units, ARGV[i], Q.retry, '1',
+  redis.call('XADD', QUEUE, '*', Q.job, ARGV[12], Q.units, ARGV[i], Q.retry, '1', Q.run, run,
              Q.rows, '[' .. table.concat(rows, ',') .. ']')
 end
 emit(E.progress)

@@ -38,6 +38,7 @@ class JobRuntime:
     llm: LLMClient
     kwargs: GenerationKwargs
     started: bool = False  # this worker has seen the job running (no need to mark it again)
+    run: int = 0  # the job's run when its spec was read (Field.RUN)
 
     @classmethod
     def resolve(cls, spec: JobSpec, registry: Registry, backends: Mapping[str, LLMClient]) -> JobRuntime:

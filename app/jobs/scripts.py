@@ -43,6 +43,11 @@ end
 
 local function active(status) return status == S.queued or status == S.running end
 
+-- Whether a write of run `run` (a chunk's, Entry.RUN) belongs to the job's current run: a
+-- retry starts a new one, and what a worker of the run before still had on its way (a batch
+-- in its writer, a checkpoint) must not count in it
+local function current(run) return (redis.call('HGET', JOB, F.run) or '0') == run end
+
 local function finish(status, now_iso, ttl, err)
   redis.call('HSET', JOB, F.status, status, F.finished_at, now_iso)
   if err then redis.call('HSET', JOB, F.error, err) end
@@ -65,12 +70,13 @@ return status
 """
 
 # KEYS[6] = the queue. ARGV: entry ('' = none), ack ('1'), now_ms, now_iso, ttl, group,
-# drop checkpoints ('1'), n units, and the units as one blob (one argument, not five per
-# row: redis-py packs each argument in Python):
+# drop checkpoints ('1'), n units, the units as one blob (one argument, not five per row:
+# redis-py packs each argument in Python), the chunk's run. The blob:
 #   "<unit> <k> <input_tokens> <output_tokens> <cost_usd> <cached_calls>\n" then k times
 #   "<index or -> <failed 0|1> <bytes>\n<row JSON>"       (index "-" = the next free one)
 # A unit stored before (by a worker that was thought dead) counts nothing: the job's usage
-# is that of its stored rows. -> the job's status after ('' when it is gone)
+# is that of its stored rows; nor do units of a run a retry has replaced (the entry is
+# acknowledged all the same). -> the job's status after ('' when it is gone)
 SAVE = PRELUDE + """
 local entry, ack = ARGV[1], ARGV[2] == '1'
 local function release()
@@ -81,7 +87,7 @@ local function release()
 end
 local status = redis.call('HGET', JOB, F.status)
 if not status then release(); return '' end
-if not active(status) then release(); return status end
+if not active(status) or not current(ARGV[10]) then release(); return status end
 if status == S.queued then
   redis.call('HSET', JOB, F.status, S.running, F.started_at, ARGV[4])
 end
@@ -152,8 +158,15 @@ finish(ARGV[1], ARGV[2], ARGV[3], ARGV[4] ~= '' and ARGV[4] or false)
 return ARGV[1]
 """
 
+# KEYS = keys.job_keys(id). ARGV: unit, its checkpoint, the chunk's run. Written only while
+# the job is there (a deleted job's keys are not brought back) and in the same run.
+CHECKPOINT = PRELUDE + """
+if redis.call('EXISTS', JOB) == 1 and current(ARGV[3]) then redis.call('HSET', CKPT, ARGV[1], ARGV[2]) end
+return 1
+"""
+
 # KEYS[1] = the job, KEYS[2] = one of its hashes. ARGV: field, value. A write that must not
-# bring back the keys of a job deleted meanwhile (checkpoints, last_error).
+# bring back the keys of a job deleted meanwhile (last_error).
 HSET_IF_JOB = """
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
 return 1

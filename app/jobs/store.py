@@ -49,6 +49,7 @@ class SaveOp:
     units: list[UnitResult]
     ack: bool = False
     drop_checkpoints: bool = True
+    run: int = 0  # the chunk's run (Entry.RUN): a retry refuses what a run before it still writes
 
 
 @dataclass(slots=True)
@@ -87,6 +88,7 @@ class JobStore:
         self._finish = redis.register_script(scripts.FINISH)
         self._flush = redis.register_script(scripts.FLUSH_PROGRESS)
         self._hset_if_job = redis.register_script(scripts.HSET_IF_JOB)
+        self._checkpoint = redis.register_script(scripts.CHECKPOINT)
 
     @classmethod
     def connect(cls, url: str, config: JobsConfig) -> JobStore:
@@ -168,19 +170,20 @@ class JobStore:
             ckpt = {u: json.loads(v) for u, v in zip(units, ckpts) if v is not None}
         return Begun(status=status, done={u for u, d in zip(units, done) if d is not None}, checkpoints=ckpt)
 
-    async def spec(self, job_id: str) -> JobSpec | None:
-        raw = await self.redis.hget(keys.job(job_id), Field.SPEC)
-        return None if raw is None else JobSpec.model_validate_json(raw)
+    async def spec(self, job_id: str) -> tuple[JobSpec, int] | None:
+        """The job's spec and its run (Field.RUN)."""
+        raw, run = await self.redis.hmget(keys.job(job_id), [Field.SPEC, Field.RUN])
+        return None if raw is None else (JobSpec.model_validate_json(raw), int(run or 0))
 
-    async def save(self, ops: Sequence[SaveOp], checkpoints: Sequence[tuple[str, int, str]] = ()) -> list[str]:
-        """Store finished units (and checkpoints first, in one round trip); -> each job's
-        status after ('' when it is gone)."""
+    async def save(self, ops: Sequence[SaveOp], checkpoints: Sequence[tuple[str, int, str, int]] = ()) -> list[str]:
+        """Store finished units (and checkpoints `(job, unit, value, run)` first, in one round
+        trip); -> each job's status after ('' when it is gone)."""
         stamp_ms, stamp = now_ms(), now_iso()
-        commands = [lua(self._hset_if_job, [keys.job(job_id), keys.checkpoints(job_id)], [unit, value])
-                    for job_id, unit, value in checkpoints]
+        commands = [lua(self._checkpoint, keys.job_keys(job_id), [unit, value, run])
+                    for job_id, unit, value, run in checkpoints]
         for op in ops:
             args = [op.entry, "1" if op.ack else "0", stamp_ms, stamp, self.config.result_ttl_s, keys.GROUP,
-                    "1" if op.drop_checkpoints else "0", len(op.units), pack_units(op.units)]
+                    "1" if op.drop_checkpoints else "0", len(op.units), pack_units(op.units), op.run]
             commands.append(lua(self._save, [*keys.job_keys(op.job_id), keys.QUEUE], args))
         return (await self._execute(commands))[len(checkpoints):]
 
@@ -218,7 +221,7 @@ class JobStore:
                     answers[i] = answer
             if not missing:
                 break
-            for script in (self._start, self._save, self._finish, self._flush, self._hset_if_job):
+            for script in (self._start, self._save, self._finish, self._flush, self._hset_if_job, self._checkpoint):
                 await self.redis.script_load(script.script)
             todo = missing
         return answers

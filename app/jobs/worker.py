@@ -64,6 +64,7 @@ class InFlight:
     unfinished: int = 0  # units not finished yet: what the chunk counts against the capacity
     task: asyncio.Task | None = None
     reason: str = "shutdown"  # why it was cancelled: shutdown | job (cancelled/deleted) | lost (taken over)
+    run: int = 0  # the job's run the chunk belongs to (Entry.RUN)
 
 
 @dataclass
@@ -211,7 +212,7 @@ class Worker:
             self._runtimes.pop(job_id, None)
         units = [int(u) for u in fields.get(Entry.UNITS, "").split(",") if u]
         rows = dict(zip(units, json.loads(fields[Entry.ROWS]))) if fields.get(Entry.ROWS) else {}
-        flight = InFlight(entry, job_id, units, rows, unfinished=len(units))
+        flight = InFlight(entry, job_id, units, rows, unfinished=len(units), run=int(fields.get(Entry.RUN) or 0))
         self._in_flight[entry] = flight
         self._units += flight.unfinished
         flight.task = asyncio.create_task(self._process(flight, attempt), name=f"chunk-{entry}")
@@ -250,7 +251,10 @@ class Worker:
         job_id, entry = flight.job_id, flight.entry
         try:
             rt = None if job_id in self._closed else await self._runtime(job_id)
-            if rt is None:
+            if rt is not None and flight.run > rt.run:  # a retry's chunk, its job read before the retry
+                self._runtimes.pop(job_id, None)
+                rt = await self._runtime(job_id)
+            if rt is None or flight.run < rt.run:  # gone or ended, or a chunk of a run a retry replaced
                 return await self.claims.ack(entry)
             if attempt == 1 and rt.started:
                 # the common case, without a round trip: a first delivery has no stored units
@@ -263,7 +267,7 @@ class Worker:
                     self._close(job_id)
                     return await self.claims.ack(entry)
                 rt.started = True
-            chunk = Chunk(job_id, flight.units, flight.rows, begun.checkpoints, attempt)
+            chunk = Chunk(job_id, flight.units, flight.rows, begun.checkpoints, attempt, flight.run)
             todo = [u for u in flight.units if u not in begun.done]
             drop = not rt.spec.whole  # whole-stream checkpoints are per slot: kept until the job ends
             if todo and attempt > self.config.max_row_attempts:
@@ -275,13 +279,13 @@ class Worker:
                         self.on_rows(rt.spec.task, len(result.rows), failed)
                     self._release(flight, 1)
                     self._dirty.add(job_id)
-                    self.writer.save(SaveOp(job_id, entry, [result], drop_checkpoints=drop))
+                    self.writer.save(SaveOp(job_id, entry, [result], drop_checkpoints=drop, run=flight.run))
 
                 await pipelines.run_units(rt, chunk, todo, on_unit,
-                                lambda unit, value: self.writer.checkpoint(job_id, unit, value),
+                                lambda unit, value: self.writer.checkpoint(job_id, unit, value, flight.run),
                                 isolate=attempt > 1)
             self._dirty.add(job_id)
-            await self.writer.save(SaveOp(job_id, entry, [], ack=True, drop_checkpoints=drop))
+            await self.writer.save(SaveOp(job_id, entry, [], ack=True, drop_checkpoints=drop, run=flight.run))
         except asyncio.CancelledError:
             if flight.reason == "job":
                 await asyncio.shield(self.claims.ack(entry))
@@ -313,19 +317,21 @@ class Worker:
         return await asyncio.shield(loading)
 
     async def _load_runtime(self, job_id: str) -> JobRuntime | None:
-        spec = await self.store.spec(job_id)
-        if spec is None:
+        found = await self.store.spec(job_id)
+        if found is None:
             return None
+        spec, run = found
         if spec.pipeline is not None:  # a pipeline job: its runtime is app.jobs.pipelines'
             return self._remember(job_id, pipelines.resolve(job_id, spec, self.registry, self.backends, self.store,
-                                                            self.spend))
+                                                            self.spend), run)
         rt = JobRuntime.resolve(spec, self.registry, self.backends)
         if self.spend is not None:
             rt.llm = self.spend.job_client(  # type: ignore[assignment]
                 rt.llm, job_id, spec, lambda error: self.store.finish(job_id, JobStatus.CANCELLED, error))
-        return self._remember(job_id, rt)
+        return self._remember(job_id, rt, run)
 
-    def _remember(self, job_id: str, rt: Any) -> Any:
+    def _remember(self, job_id: str, rt: Any, run: int) -> Any:
+        rt.run = run
         self._runtimes[job_id] = rt
         while len(self._runtimes) > RUNTIME_CACHE:
             self._runtimes.popitem(last=False)
@@ -339,7 +345,7 @@ class Worker:
             await self.store.finish(chunk.job_id, JobStatus.FAILED, message)
             return await self.claims.ack(entry)
         await self.writer.save(SaveOp(chunk.job_id, entry, pipelines.error_units(rt, chunk, todo, message), ack=True,
-                                      drop_checkpoints=not rt.spec.whole))
+                                      drop_checkpoints=not rt.spec.whole, run=chunk.run))
 
     # ---- keeping claims, noticing cancels ----
 

@@ -24,7 +24,7 @@ class Writer:
         self.on_inactive = on_inactive  # (job id, status) for a job that is no longer running
         self.interval_s = interval_s
         self._ops: list[tuple[SaveOp, asyncio.Future[str] | None]] = []
-        self._checkpoints: list[tuple[str, int, str, asyncio.Future[None]]] = []
+        self._checkpoints: list[tuple[str, int, str, int, asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
         self._urgent = asyncio.Event()
         self._closing = False
@@ -41,11 +41,11 @@ class Writer:
 
         self._task.add_done_callback(done)
 
-    def checkpoint(self, job_id: str, unit: int, value: str) -> asyncio.Future[None]:
-        """Queue a unit's step answers; written at once (the task waits for it before its
-        next call), with whatever else is queued."""
+    def checkpoint(self, job_id: str, unit: int, value: str, run: int) -> asyncio.Future[None]:
+        """Queue a unit's step answers (of the job's run `run`); written at once (the task
+        waits for it before its next call), with whatever else is queued."""
         future = asyncio.get_running_loop().create_future()
-        self._checkpoints.append((job_id, unit, value, future))
+        self._checkpoints.append((job_id, unit, value, run, future))
         self._urgent.set()
         self._wake.set()
         return future
@@ -79,7 +79,7 @@ class Writer:
             if ops or checkpoints:
                 merged, waiters = merge(ops)
                 waiters.append([future for *_, future in checkpoints])
-                statuses = await self._store(merged, [c[:3] for c in checkpoints], waiters)
+                statuses = await self._store(merged, [c[:4] for c in checkpoints], waiters)
                 for future in waiters.pop():
                     if not future.done():
                         future.set_result(None)
@@ -92,7 +92,7 @@ class Writer:
             if self._closing and not self._ops and not self._checkpoints:
                 return
 
-    async def _store(self, ops: list[SaveOp], checkpoints: list[tuple[str, int, str]],
+    async def _store(self, ops: list[SaveOp], checkpoints: list[tuple[str, int, str, int]],
                      waiters: list[list[asyncio.Future]]) -> list[str]:
         """Write, retrying while Redis is unreachable (the rows are paid for); any other
         error fails the chunks waiting on it (they are retried like a failed chunk)."""
@@ -128,7 +128,7 @@ def merge(ops: list[tuple[SaveOp, asyncio.Future | None]]) -> tuple[list[SaveOp]
             m.units.extend(op.units)
             m.ack = m.ack or op.ack
         else:
-            merged[key] = SaveOp(op.job_id, op.entry, list(op.units), op.ack, op.drop_checkpoints)
+            merged[key] = SaveOp(op.job_id, op.entry, list(op.units), op.ack, op.drop_checkpoints, op.run)
             waiters[key] = []
         if future is not None:
             waiters[key].append(future)

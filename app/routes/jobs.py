@@ -104,7 +104,6 @@ async def retry_job(job: OwnedJobDep, jobs: JobsDep, state: StateDep,
                     body: RetryRequest | None = None) -> dict[str, Any]:
     """Run again every row with an `error` or no result, under the same id (app.jobs.retry;
     a pipeline job's rows from the step they failed at: retry.retry_pipeline)."""
-    await retry.settle(job.finished_at)
     again = retry.retry_pipeline if job.pipeline is not None else retry.retry_job
     status = await again(jobs, job.id, update=body.spec_update() if body else {},
                          chunk_units=state.settings.jobs.chunk_units)

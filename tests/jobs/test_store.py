@@ -227,3 +227,46 @@ async def test_live_workers_keep_their_chunks(env, mock):
             job = await finished(store, job.id, timeout=60)
     assert (job.status, job.completed) == ("completed", n)
     assert (await mock.astats())["requests"] == n
+
+
+async def test_a_retry_refuses_what_the_run_before_still_writes(env, rds):
+    from app.jobs.retry import retry_job
+
+    settings, state, store = env
+    job = await store.submit(submission(state, JobRequest(task="text-generation", rows=text_rows(3))))
+    row = {"instruction": "row", "generation": "x", "error": None}
+    failed = {**row, "generation": None, "error": {"type": "llm_error", "message": "x"}}
+
+    def op(unit: int, value: dict, run: int = 0) -> SaveOp:
+        return SaveOp(job.id, "", [UnitResult(unit, [(unit, {**value, "u": unit})], (2, 3))], run=run)
+
+    assert await store.save([op(0, row), op(1, failed), op(2, row)]) == ["running", "running", "completed"]
+    assert await retry_job(store, job.id, update={}, chunk_units=2) == "queued"
+    entries = rds.xrange(keys.QUEUE)
+    assert [(e[keys.Entry.UNITS], e.get(keys.Entry.RUN)) for _, e in entries] == [("0,1", None), ("2", None), ("1", "1")]
+    # a worker of the first run still had unit 1 (and a checkpoint of it) on its way: refused
+    assert await store.save([op(1, row)], [(job.id, 1, '{"step": "late"}', 0)]) == ["queued"]
+    got = await store.get(job.id)
+    assert (got.completed, got.failed, got.status) == (2, 0, "queued")
+    assert not rds.hexists(keys.results(job.id), 1) and not rds.hexists(keys.checkpoints(job.id), 1)
+    # the retry's own run stores it
+    assert await store.save([op(1, row, run=1)], [(job.id, 1, '{"step": "now"}', 1)]) == ["completed"]
+    got = await store.get(job.id)
+    assert (got.completed, got.failed, got.status) == (3, 0, "completed")
+    assert [json.loads(r)["u"] for _, r in await all_results(store, got)] == [0, 1, 2]
+
+
+async def test_chunks_of_a_run_a_retry_replaced_are_dropped_unrun(env, mock, rds):
+    from app.jobs.retry import retry_job
+
+    settings, state, store = env
+    job = await store.submit(submission(state, JobRequest(task="text-generation", rows=text_rows(4))))
+    await store.finish(job.id, "cancelled")  # before any worker read its two chunks
+    assert await retry_job(store, job.id, update={}, chunk_units=2) == "queued"
+    assert rds.xlen(keys.QUEUE) == 4  # the first run's two chunks, still queued, and the retry's two
+    before = mock.stats()["requests"]
+    async with running_worker(store, state, settings):
+        got = await finished(store, job.id)
+    assert got.status == "completed" and (got.completed, got.failed) == (4, 0)
+    assert mock.stats()["requests"] - before == 4  # each row called once: the stale chunks were dropped
+    assert [i for i, _ in await all_results(store, got)] == [0, 1, 2, 3]
