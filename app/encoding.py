@@ -9,6 +9,8 @@ a walk over the values rather than a regex over every byte.
 
 Out: `dumps` never writes NaN or Infinity (they become null) and never fails on a lone
 surrogate (it becomes U+FFFD), whatever an LLM answered; SSE events and JSON answers use it.
+It is orjson (which writes non-finite numbers as null, as we want, and refuses lone
+surrogates and integers beyond 64 bits), with the stdlib encoder for what orjson refuses.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from starlette.responses import Response
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
@@ -110,6 +113,10 @@ def _encodable(text: str) -> bool:
 
 def dumps(data: Any) -> bytes:
     """Compact UTF-8 JSON, always valid (see the module's docstring)."""
+    try:
+        return orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:  # a lone surrogate, an integer beyond 64 bits
+        pass
     try:
         return json.dumps(data, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
     except (ValueError, UnicodeEncodeError):  # rare: an answer with inf or a lone surrogate

@@ -29,11 +29,11 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import hashlib
-import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 
+from . import jsonio
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
 from .limits import CALL_GATE
 
@@ -272,10 +272,10 @@ class CachedClient:
     async def embed(self, inputs: list[str | list[Message]]) -> list[list[float]]:
         key, stored = await self._find("embed", None, inputs, None, 1)
         if stored is not None:
-            return CachedVectors(json.loads(stored)["embeddings"])
+            return CachedVectors(jsonio.loads(stored)["embeddings"])
         vectors = await self._gated(lambda: self._llm.embed(inputs))
         if self._cache is not None and key:
-            await self._cache.put(key, json.dumps({"embeddings": vectors}).encode())
+            await self._cache.put(key, jsonio.dumps({"embeddings": vectors}))
         return vectors
 
     # ---- the machinery ----
@@ -287,9 +287,11 @@ class CachedClient:
             return "", None
         options = kwargs.given() if kwargs is not None else {}
         schema = kwargs.json_schema if kwargs is not None else None  # (not one of `given`)
-        material = json.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
-                              sort_keys=True, ensure_ascii=False, separators=(",", ":"))
-        digest = hashlib.sha256(material.encode()).hexdigest()
+        # (the bytes json.dumps gave with sort_keys, ensure_ascii=False and compact separators,
+        # but for a few floats: 1e-05 is now 0.00001, so such calls stored before miss once)
+        material = jsonio.dumps([*self._backend, model or self._llm.model, kind, content, options, schema, n],
+                                sort_keys=True)
+        digest = hashlib.sha256(material).hexdigest()
         try:
             key, stored = await self._occurrences.find(self._cache, digest, self._read)
         except Exception as exc:  # noqa: BLE001 - Redis away: call the backend, as without a cache
@@ -331,9 +333,9 @@ class CachedClient:
 
     async def _store(self, key: str, completions: list[Completion]) -> None:
         if self._cache is not None and key:
-            await self._cache.put(key, json.dumps({"completions": [
+            await self._cache.put(key, jsonio.dumps({"completions": [
                 [c.text, c.model, c.usage.input_tokens, c.usage.output_tokens, c.finish_reason]
-                for c in completions]}).encode())
+                for c in completions]}))
 
 
 class CachedVectors(list):
@@ -349,6 +351,6 @@ def _completions_of(stored: bytes) -> list[Completion]:
     """Stored answers as this run's: tokens as the backend reported them, no cost, and one
     cached call (on the first completion, as a call's usage rides on its first)."""
     out = [Completion(text, model, Usage(tokens_in, tokens_out), reason)
-           for text, model, tokens_in, tokens_out, reason in json.loads(stored)["completions"]]
+           for text, model, tokens_in, tokens_out, reason in jsonio.loads(stored)["completions"]]
     out[0].usage.cached_calls = 1
     return out

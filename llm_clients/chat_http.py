@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 
+from . import jsonio
 from .base import Completion, GenerationKwargs, LLMClient, Message, Usage
 from .limits import LLMError, TransientError, is_retryable_status, transient_status_error
 from .ratelimit import estimate_tokens
@@ -47,7 +48,7 @@ class ChatCompletionsHTTP:
     async def post(self, payload: dict[str, Any]) -> Any:
         body = await self._request(payload, _read)
         try:
-            return json.loads(body)
+            return jsonio.loads(body)
         except ValueError as exc:
             raise LLMError(f"the LLM server answered invalid JSON: {body[:300]!r}") from exc
 
@@ -68,7 +69,7 @@ class ChatCompletionsHTTP:
                        consume: Callable[[aiohttp.ClientResponse], Awaitable[Any]]) -> Any:
         session = self._session or self._open()
         try:
-            async with session.post(self.url, data=json.dumps(payload).encode()) as response:
+            async with session.post(self.url, data=jsonio.dumps(payload)) as response:
                 if response.status >= 400:
                     body = await response.read()
                     raise status_error(response.status, error_message(body), response.headers)

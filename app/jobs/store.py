@@ -67,7 +67,7 @@ def pack_units(units: Sequence[UnitResult]) -> bytes:
     for u in units:
         parts.append(f"{u.unit} {len(u.rows)} {u.usage[0]} {u.usage[1]} {u.cost_usd:.12f} {u.cached_calls}\n".encode())
         for index, row in u.rows:
-            data = dumps(row).encode()
+            data = encoding.dumps(row)
             failed = "0" if row.get("error") is None else "1"
             parts.append(f"{'-' if index is None else index} {failed} {len(data)}\n".encode())
             parts.append(data)
