@@ -6,7 +6,7 @@
  * rows, the block's integers summed against x and scaled after (d * sum(q x) + m * sum(x)). Reading 4.5
  * or 8.5 bits per weight instead of 32 is the point: a decode step reads every weight once.
  * decode.c includes this file, and sidecar/blockq.py builds that one unit with -O3
- * -march=native (AVX-512 where the CPU has it, else plain C the compiler vectorizes).
+ * -march=native (AVX-512 where the CPU has it, else AVX2 with FMA, else plain C).
  * `*_mm` split outputs between OpenMP threads (the libgomp torch has loaded) when the
  * weight has at least `parallel_min` elements.
  *
@@ -29,7 +29,7 @@ typedef struct {
     int64_t kind, n, k;
 } bq_weight;
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
 #include <immintrin.h>
 #endif
 
@@ -112,6 +112,72 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
             }
         }
         for (int r = 0; r < R; r++) y[r * ldy + o] = _mm512_reduce_add_ps(acc[r]);
+    }
+}
+
+#elif defined(__AVX2__) && defined(__FMA__)
+
+/* AVX2 (CPUs without AVX-512, AMD's before Zen 4 among them): the same two forms as above,
+ * a block as four vectors of 8 */
+static inline __attribute__((always_inline)) void decode(int64_t kind, const uint8_t *qs, int64_t at, __m256 v[4]) {
+    if (kind == BQ_Q4_1) {
+        const __m128i raw = _mm_loadu_si128((const __m128i *)(qs + at * 16));
+        const __m128i low = _mm_and_si128(raw, _mm_set1_epi8(15));
+        const __m128i high = _mm_and_si128(_mm_srli_epi16(raw, 4), _mm_set1_epi8(15));
+        v[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(low));
+        v[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(low, 8)));
+        v[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(high));
+        v[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(high, 8)));
+    } else {
+        const int8_t *q = (const int8_t *)qs + at * 32;
+        for (int i = 0; i < 4; i++) v[i] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q + 8 * i))));
+    }
+}
+
+static inline float sum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+    return _mm_cvtss_f32(s);
+}
+
+static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
+                                                              const float *xs, int64_t o0, int64_t o1,
+                                                              float *y, int64_t ldy) {
+    const int64_t k = w->k, blocks = k / BQ_BLOCK;
+    const int64_t kind = w->kind;
+    const int rebuild = R >= 3;
+    for (int64_t o = o0; o < o1; o++) {
+        __m256 acc[CHUNK];
+        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < blocks; b++) {
+            const int64_t at = o * blocks + b;
+            __m256 v[4];
+            decode(kind, w->qs, at, v);
+            const __m256 db = _mm256_set1_ps(w->d[at]);
+            if (rebuild) {
+                const __m256 mb = _mm256_set1_ps(kind == BQ_Q4_1 ? w->m[at] : 0.0f);
+                for (int i = 0; i < 4; i++) v[i] = _mm256_add_ps(_mm256_mul_ps(v[i], db), mb);
+            }
+            for (int r = 0; r < R; r++) {
+                const float *xb = x + r * k + b * BQ_BLOCK;
+                if (rebuild) {
+                    for (int i = 0; i < 4; i++) acc[r] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xb + 8 * i), acc[r]);
+                } else {
+                    __m256 t = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
+                    for (int i = 1; i < 4; i++) t = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xb + 8 * i), t);
+                    acc[r] = _mm256_fmadd_ps(db, t, acc[r]);
+                }
+            }
+        }
+        for (int r = 0; r < R; r++) {
+            float total = sum8(acc[r]);
+            if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
+                const float *m = w->m + o * blocks, *s = xs + r * blocks;
+                for (int64_t b = 0; b < blocks; b++) total += m[b] * s[b];
+            }
+            y[r * ldy + o] = total;
+        }
     }
 }
 
