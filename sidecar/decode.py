@@ -167,13 +167,15 @@ def _eps(norm: torch.nn.Module) -> float:
     return float(getattr(norm, "eps", getattr(norm, "variance_epsilon", float("nan"))))
 
 
-def _agrees(model: torch.nn.Module, fused: FusedStep) -> bool:
-    """Whether a step of a left-padded two-row batch gives the model's own logits (to float
-    rounding) and the same argmax."""
-    prompt = torch.tensor([[5, 17, 300, 42], [0, 11, 900, 7]]) % fused.vocab
-    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]])
+def probe(model: torch.nn.Module, step: Any, vocab: int,
+          device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The model's own logits for one decode step of a left-padded two-row batch, and those
+    `step` (a FusedStep's contract) gives for it (None: it did not take the batch): how a
+    replacement step is checked before it is used (here and in sidecar.graphs)."""
+    prompt = torch.tensor([[5, 17, 300, 42], [0, 11, 900, 7]], device=device) % vocab
+    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]], device=device)
     position = (mask.cumsum(-1) - 1).clamp(min=0)
-    following = torch.tensor([[64], [128]]) % fused.vocab
+    following = torch.tensor([[64], [128]], device=device) % vocab
     step_mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
     step_position = position[:, -1:] + 1
     caches = [new_cache(), new_cache()]
@@ -182,7 +184,13 @@ def _agrees(model: torch.nn.Module, fused: FusedStep) -> bool:
             model(input_ids=prompt, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
         want = model(input_ids=following, attention_mask=step_mask, position_ids=step_position,
                      past_key_values=caches[0], use_cache=True).logits[:, -1]
-        have = fused(following, step_mask, step_position, caches[1])
+        have = step(following, step_mask, step_position, caches[1])
+    return want, have
+
+
+def _agrees(model: torch.nn.Module, fused: FusedStep) -> bool:
+    """Whether the probe step gives the model's own logits (to float rounding) and the same argmax."""
+    want, have = probe(model, fused, fused.vocab)
     return (have is not None and torch.equal(want.argmax(-1), have.argmax(-1))
             and torch.allclose(want, have, rtol=1e-3, atol=1e-3))
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from . import decode
-from .kvcache import SlackLayer, new_cache
+from .kvcache import SlackLayer
 
 log = logging.getLogger(__name__)
 
@@ -229,22 +229,10 @@ def _eligible(model: torch.nn.Module) -> bool:
 def _agrees(model: torch.nn.Module, step: GraphedStep) -> bool:
     """Whether a step of a left-padded two-row batch gives the model's own logits, to the
     rounding of its dtype, and a token the model's logits put within that rounding of their max."""
-    device = step.embed.device
-    prompt = torch.tensor([[5, 17, 300, 42], [0, 11, 900, 7]], device=device) % step.vocab
-    mask = torch.tensor([[1, 1, 1, 1], [0, 1, 1, 1]], device=device)
-    position = (mask.cumsum(-1) - 1).clamp(min=0)
-    following = torch.tensor([[64], [128]], device=device) % step.vocab
-    step_mask = torch.cat([mask, mask.new_ones((2, 1))], dim=1)
-    step_position = position[:, -1:] + 1
-    caches = [new_cache(), new_cache()]
-    with torch.inference_mode():
-        for cache in caches:
-            model(input_ids=prompt, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True)
-        want = model(input_ids=following, attention_mask=step_mask, position_ids=step_position,
-                     past_key_values=caches[0], use_cache=True).logits[:, -1].float()
-        have = step(following, step_mask, step_position, caches[1])
+    want, have = decode.probe(model, step, step.vocab, step.embed.device)
     if have is None:
         return False
+    want = want.float()
     # bf16: measured on CPU, this step's and Transformers' own are each up to ~0.8 off float32
     # logits (magnitude ~30), mean ~0.15; a wrong step is off by whole units throughout
     rtol, atol = (1e-3, 1e-3) if step.embed.dtype == torch.float32 else (0.05, 1.0)

@@ -34,12 +34,6 @@ def retry() -> Retry:
     return Retry(ExponentialBackoff(cap=0.25, base=0.05), 2)
 
 
-def dumps(value: Any) -> str:
-    # app.encoding: an LLM answer may hold inf or a lone surrogate, which json.dumps writes as
-    # `Infinity` or cannot encode at all (and the result writer stopped on it)
-    return encoding.dumps(value).decode()
-
-
 @dataclass(slots=True)
 class SaveOp:
     """Finished units of one chunk; `ack` with the chunk's last ones."""
@@ -67,6 +61,8 @@ def pack_units(units: Sequence[UnitResult]) -> bytes:
     for u in units:
         parts.append(f"{u.unit} {len(u.rows)} {u.usage[0]} {u.usage[1]} {u.cost_usd:.12f} {u.cached_calls}\n".encode())
         for index, row in u.rows:
+            # app.encoding: an LLM answer may hold inf or a lone surrogate, which json.dumps
+            # writes as `Infinity` or cannot encode at all (and the result writer stopped on it)
             data = encoding.dumps(row)
             failed = "0" if row.get("error") is None else "1"
             parts.append(f"{'-' if index is None else index} {failed} {len(data)}\n".encode())
