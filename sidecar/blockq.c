@@ -24,14 +24,34 @@
 
 typedef struct {
     const uint8_t *qs;
-    const float *d;
-    const float *m; /* q4_1 only */
+    const uint16_t *d; /* IEEE half bits, as the GGUF stores them: 2 bytes a block, not 4 */
+    const uint16_t *m; /* q4_1 only */
     int64_t kind, n, k;
 } bq_weight;
 
-#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__))
+#if defined(__AVX512F__) || (defined(__AVX2__) && defined(__FMA__)) || defined(__F16C__)
 #include <immintrin.h>
 #endif
+
+/* A half (IEEE binary16) as a float: exact. A decode step is bound by the bytes it reads,
+ * and a Q4_1 block's scale and offset as floats were a third of them. */
+static inline float half(uint16_t h) {
+#if defined(__F16C__)
+    return _cvtsh_ss(h);
+#else
+    const uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff;
+    union { uint32_t u; float f; } v;
+    if (exp == 0x1f) {
+        v.u = sign | 0x7f800000u | (man << 13); /* inf, nan */
+    } else if (exp == 0) { /* zero, subnormal: man * 2^-24 */
+        v.f = (float)man * 5.9604644775390625e-8f;
+        v.u |= sign;
+    } else {
+        v.u = sign | ((exp + 112) << 23) | (man << 13);
+    }
+    return v.f;
+#endif
+}
 
 #define CHUNK 8 /* rows summed together against one decoded block */
 
@@ -47,7 +67,7 @@ static void bq_block_sums(const float *x, int64_t rows, int64_t k, float *xs) {
         }
 }
 
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
 /* the 32 integers of block b of output o, as floats (lo: elements 0..15, hi: 16..31) */
 static inline __attribute__((always_inline)) void decode(int64_t kind, const uint8_t *qs, int64_t at,
@@ -80,12 +100,12 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
             const int64_t at = o * blocks + b;
             __m512 lo, hi;
             decode(kind, w->qs, at, &lo, &hi);
-            const __m512 db = _mm512_set1_ps(w->d[at]);
+            const __m512 db = _mm512_set1_ps(half(w->d[at]));
             if (rebuild) {
                 lo = _mm512_mul_ps(lo, db);
                 hi = _mm512_mul_ps(hi, db);
                 if (kind == BQ_Q4_1) {
-                    const __m512 mb = _mm512_set1_ps(w->m[at]);
+                    const __m512 mb = _mm512_set1_ps(half(w->m[at]));
                     lo = _mm512_add_ps(lo, mb);
                     hi = _mm512_add_ps(hi, mb);
                 }
@@ -103,10 +123,10 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
             }
         }
         if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
-            const float *m = w->m + o * blocks;
+            const uint16_t *m = w->m + o * blocks;
             for (int64_t b = 0; b < blocks; b += 16) {
                 const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
-                const __m512 mb = _mm512_maskz_loadu_ps(live, m + b);
+                const __m512 mb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, m + b));
                 for (int r = 0; r < R; r++)
                     acc[r] = _mm512_fmadd_ps(mb, _mm512_maskz_loadu_ps(live, xs + r * blocks + b), acc[r]);
             }
@@ -114,6 +134,63 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
         for (int r = 0; r < R; r++) y[r * ldy + o] = _mm512_reduce_add_ps(acc[r]);
     }
 }
+
+/* One or two rows, OUTS outputs at a time: one output alone is a single chain of
+ * multiply-adds, each waiting on the one before (the weights of an attention projection
+ * are only 18 blocks long, so little else overlaps it); OUTS chains side by side keep the
+ * FMA units busy, and each block of x is loaded once for all of them. Every output's sums
+ * are rows_kernel's, the same operations in the same order: the same numbers. */
+#define OUTS 4
+static inline __attribute__((always_inline)) void dots_kernel(const int R, const bq_weight *w, const float *x,
+                                                              const float *xs, int64_t o0, int64_t o1,
+                                                              float *y, int64_t ldy) {
+    const int64_t k = w->k, blocks = k / BQ_BLOCK;
+    const int64_t kind = w->kind;
+    int64_t o = o0;
+    for (; o + OUTS <= o1; o += OUTS) {
+        __m512 acc[OUTS][2];
+        for (int i = 0; i < OUTS; i++)
+            for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
+        float scales[OUTS][16]; /* the next 16 blocks' scales as floats: 16 converted at once */
+        for (int64_t b = 0; b < blocks; b++) {
+            if (b % 16 == 0) {
+                const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
+                for (int i = 0; i < OUTS; i++)
+                    _mm512_storeu_ps(scales[i], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w->d + (o + i) * blocks + b)));
+            }
+            __m512 xlo[2], xhi[2];
+            for (int r = 0; r < R; r++) {
+                xlo[r] = _mm512_loadu_ps(x + r * k + b * BQ_BLOCK);
+                xhi[r] = _mm512_loadu_ps(x + r * k + b * BQ_BLOCK + 16);
+            }
+            for (int i = 0; i < OUTS; i++) {
+                const int64_t at = (o + i) * blocks + b;
+                __m512 lo, hi;
+                decode(kind, w->qs, at, &lo, &hi);
+                const __m512 db = _mm512_set1_ps(scales[i][b % 16]);
+                for (int r = 0; r < R; r++) {
+                    __m512 t = _mm512_mul_ps(lo, xlo[r]);
+                    t = _mm512_fmadd_ps(hi, xhi[r], t);
+                    acc[i][r] = _mm512_fmadd_ps(db, t, acc[i][r]);
+                }
+            }
+        }
+        for (int i = 0; i < OUTS; i++) {
+            if (kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
+                const uint16_t *m = w->m + (o + i) * blocks;
+                for (int64_t b = 0; b < blocks; b += 16) {
+                    const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
+                    const __m512 mb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, m + b));
+                    for (int r = 0; r < R; r++)
+                        acc[i][r] = _mm512_fmadd_ps(mb, _mm512_maskz_loadu_ps(live, xs + r * blocks + b), acc[i][r]);
+                }
+            }
+            for (int r = 0; r < R; r++) y[r * ldy + o + i] = _mm512_reduce_add_ps(acc[i][r]);
+        }
+    }
+    if (o < o1) rows_kernel(R, w, x, xs, o, o1, y, ldy);
+}
+#define HAVE_DOTS 1
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
@@ -154,9 +231,9 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
             const int64_t at = o * blocks + b;
             __m256 v[4];
             decode(kind, w->qs, at, v);
-            const __m256 db = _mm256_set1_ps(w->d[at]);
+            const __m256 db = _mm256_set1_ps(half(w->d[at]));
             if (rebuild) {
-                const __m256 mb = _mm256_set1_ps(kind == BQ_Q4_1 ? w->m[at] : 0.0f);
+                const __m256 mb = _mm256_set1_ps(kind == BQ_Q4_1 ? half(w->m[at]) : 0.0f);
                 for (int i = 0; i < 4; i++) v[i] = _mm256_add_ps(_mm256_mul_ps(v[i], db), mb);
             }
             for (int r = 0; r < R; r++) {
@@ -173,8 +250,9 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
         for (int r = 0; r < R; r++) {
             float total = sum8(acc[r]);
             if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
-                const float *m = w->m + o * blocks, *s = xs + r * blocks;
-                for (int64_t b = 0; b < blocks; b++) total += m[b] * s[b];
+                const uint16_t *m = w->m + o * blocks;
+                const float *s = xs + r * blocks;
+                for (int64_t b = 0; b < blocks; b++) total += half(m[b]) * s[b];
             }
             y[r * ldy + o] = total;
         }
@@ -205,8 +283,8 @@ static inline void rows_kernel(const int R, const bq_weight *w, const float *x, 
                 const float *xb = x + r * k + b * BQ_BLOCK;
                 float t = 0.0f;
                 for (int j = 0; j < BQ_BLOCK; j++) t += q[j] * xb[j];
-                acc[r] += w->d[at] * t;
-                if (w->kind == BQ_Q4_1) acc[r] += w->m[at] * xs[r * blocks + b];
+                acc[r] += half(w->d[at]) * t;
+                if (w->kind == BQ_Q4_1) acc[r] += half(w->m[at]) * xs[r * blocks + b];
             }
         }
         for (int r = 0; r < R; r++) y[r * ldy + o] = acc[r];
@@ -224,8 +302,13 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
         const float *xr = x + r * w->k, *sr = xs + r * blocks;
         float *yr = y + r * ldy;
         switch (rows - r >= CHUNK ? CHUNK : rows - r) {
+#ifdef HAVE_DOTS
+            case 1: dots_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
+            case 2: dots_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
+#else
             case 1: rows_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
             case 2: rows_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
+#endif
             case 3: rows_kernel(3, w, xr, sr, o0, o1, yr, ldy); break;
             case 4: rows_kernel(4, w, xr, sr, o0, o1, yr, ldy); break;
             case 5: rows_kernel(5, w, xr, sr, o0, o1, yr, ldy); break;
@@ -236,8 +319,8 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
     }
 }
 
-static void mm(int64_t kind, const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d,
-               const float *m, int64_t n, float *y, int64_t parallel_min) {
+static void mm(int64_t kind, const float *x, int64_t rows, int64_t k, const uint8_t *qs, const uint16_t *d,
+               const uint16_t *m, int64_t n, float *y, int64_t parallel_min) {
     const bq_weight w = {qs, d, m, kind, n, k};
     float *xs = malloc(sizeof(float) * (size_t)(rows * (k / BQ_BLOCK) + 1));
     if (xs == NULL) abort();
@@ -254,12 +337,12 @@ static void mm(int64_t kind, const float *x, int64_t rows, int64_t k, const uint
     free(xs);
 }
 
-void q4_1_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d, const float *m,
+void q4_1_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
              int64_t n, float *y, int64_t parallel_min) {
     mm(BQ_Q4_1, x, rows, k, qs, d, m, n, y, parallel_min);
 }
 
-void q8_0_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const float *d, const float *m,
+void q8_0_mm(const float *x, int64_t rows, int64_t k, const uint8_t *qs, const uint16_t *d, const uint16_t *m,
              int64_t n, float *y, int64_t parallel_min) {
     mm(BQ_Q8_0, x, rows, k, qs, d, m, n, y, parallel_min);
 }

@@ -39,6 +39,7 @@ MAX_ROWS = 8  # rows (sequences) per call the kernels take; more go to oneDNN's 
 PARALLEL_MIN = 1 << 19
 # the kernels, and the fused decode step (sidecar.decode) that includes them: one library
 SOURCES = tuple(Path(__file__).with_name(name) for name in ("blockq.c", "decode.c"))
+FORMS_VERSION = "2"  # of the cached block forms: 2 holds scales and offsets as float16
 FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-shared", "-fPIC"]
 
 
@@ -48,8 +49,8 @@ class BlockWeight:
 
     kind: str  # "q4_1" or "q8_0"
     qs: torch.Tensor  # uint8: two 4-bit values per byte (q4_1), or int8 values (q8_0)
-    d: torch.Tensor  # float32 (out, blocks): each block's scale
-    m: torch.Tensor | None  # float32 (out, blocks): each block's offset (q4_1)
+    d: torch.Tensor  # float16 (out, blocks): each block's scale (exact: a GGUF stores it so)
+    m: torch.Tensor | None  # float16 (out, blocks): each block's offset (q4_1)
     out_features: int
     in_features: int
 
@@ -98,7 +99,7 @@ def exact_forms(model: torch.nn.Module, folder: str | Path | None = None) -> dic
 def _cache_path(folder: Path) -> Path:
 
     files = sorted(f for f in folder.iterdir() if f.suffix == ".safetensors")
-    key = "\0".join([str(folder.resolve()), *(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
+    key = "\0".join([FORMS_VERSION, str(folder.resolve()), *(f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}"
                                              for f in files)])
     return cache_dir() / "blocks" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.safetensors"
 
@@ -141,12 +142,12 @@ def _q4_1(blocks: torch.Tensor) -> BlockWeight | None:
     low = blocks.amin(-1, keepdim=True)
     d = ((blocks.amax(-1, keepdim=True) - low) / 15).half().float()
     q = ((blocks - low) / torch.where(d == 0, 1.0, d)).round_().clamp_(0, 15)
-    if not torch.equal(q * d + low, blocks):
+    if not torch.equal(q * d + low, blocks) or not torch.equal(low.half().float(), low):
         return None
     q = q.to(torch.uint8)
     packed = (q[..., :BLOCK // 2] | (q[..., BLOCK // 2:] << 4)).contiguous()
     n, k = blocks.shape[0], blocks.shape[1] * BLOCK
-    return BlockWeight("q4_1", packed, d[..., 0].contiguous(), low[..., 0].contiguous(), n, k)
+    return BlockWeight("q4_1", packed, d[..., 0].half().contiguous(), low[..., 0].half().contiguous(), n, k)
 
 
 def _q8_0(blocks: torch.Tensor) -> BlockWeight | None:
@@ -156,7 +157,7 @@ def _q8_0(blocks: torch.Tensor) -> BlockWeight | None:
     if not torch.equal(q * d, blocks):
         return None
     n, k = blocks.shape[0], blocks.shape[1] * BLOCK
-    return BlockWeight("q8_0", q.to(torch.int8).contiguous(), d[..., 0].contiguous(), None, n, k)
+    return BlockWeight("q8_0", q.to(torch.int8).contiguous(), d[..., 0].half().contiguous(), None, n, k)
 
 
 @cache

@@ -133,4 +133,4 @@ def test_weights_not_block_quantized_keep_float32(tmp_path):
     q = torch.randint(0, 16, (48, 2, 32)).float()
     q[..., 0], q[..., 1] = 0, 15  # as ggml quantizes: each block's min and max are its ends
     form = blockq.exact_form((q * 0.5 - 3).view(48, 64))  # q * d + m
-    assert form.kind == "q4_1" and torch.equal(form.d, torch.full((48, 2), 0.5))
+    assert form.kind == "q4_1" and torch.equal(form.d.float(), torch.full((48, 2), 0.5))
