@@ -49,6 +49,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     for name, help_text in (("show", "one job object"), ("cancel", "cancel a job"),
                             ("retry", "run again the rows that failed or did not finish")):
         jobs_sub.add_parser(name, help=help_text).add_argument("id", metavar="ID")
+    retry = jobs_sub.choices["retry"]
+    retry.add_argument("--refresh", action="store_true",
+                       help="the retried rows call the backend afresh instead of the cache's answers "
+                            "(an answer that could not be parsed is otherwise served again)")
+    retry.add_argument("--max-cost-usd", type=float, metavar="USD", help="a new budget for the job's calls")
     results = jobs_sub.add_parser("results", help="download a job's results")
     results.add_argument("id", metavar="ID")
     results.add_argument("--output", "-o", metavar="FILE", required=True, help=", ".join(formats.WRITABLE))
@@ -183,8 +188,13 @@ def command_jobs(args: argparse.Namespace) -> int:
                 await server.download(args.id, formats.output_format(path), path)
                 console.print(f"wrote {path}", highlight=False)
             else:
-                action = {"show": server.job, "cancel": server.cancel, "retry": server.retry}[args.jobs_command]
-                console.print_json(data=await action(args.id))
+                if args.jobs_command == "retry":  # POST /jobs/{id}/retry's body: what the retry changes
+                    body = {k: v for k, v in (("cache", "refresh" if args.refresh else None),
+                                              ("max_cost_usd", args.max_cost_usd)) if v is not None}
+                    console.print_json(data=await server.retry(args.id, body))
+                else:
+                    action = {"show": server.job, "cancel": server.cancel}[args.jobs_command]
+                    console.print_json(data=await action(args.id))
         return 0
 
     try:

@@ -90,8 +90,8 @@ class Server:
     async def cancel(self, job_id: str) -> dict[str, Any]:
         return await self.call("POST", f"/jobs/{job_id}/cancel")
 
-    async def retry(self, job_id: str) -> dict[str, Any]:
-        return await self.call("POST", f"/jobs/{job_id}/retry")
+    async def retry(self, job_id: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        return await self.call("POST", f"/jobs/{job_id}/retry", json=body or None)
 
     async def download(self, job_id: str, fmt: str, path: Path) -> None:
         """The job's results in `fmt`, streamed to `path`."""

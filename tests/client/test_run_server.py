@@ -234,3 +234,25 @@ def test_a_pipeline_on_a_server_resumed_and_not_in_process(mock, tmp_path):
     finally:
         server.close()
         redis.close()
+
+
+def test_jobs_retry_refresh_samples_again_the_row_that_failed(service, mock, tmp_path):
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    mock.script([{"match": "take 1", "reply": "not json"}, {"match": "take", "reply": '{"name": "fig"}'}])
+    src = write_jsonl(tmp_path / "in.jsonl", [{"instruction": f"take {i}"} for i in range(3)])
+    r = synthserve("run", "text-generation", "-i", str(src), "-o", str(tmp_path / "o.jsonl"), "--server", service.url,
+                   "--params", json.dumps({"structured_output": {"schema": schema}}))
+    assert r.returncode == 1, r.stdout + r.stderr  # row 1 could not be parsed
+    job_id = next(w for w in r.stdout.split() if w.startswith("job_"))
+    mock.script([{"match": "take", "reply": '{"name": "plum"}'}])
+    before = mock.stats()["requests"]
+    refused = synthserve("jobs", "retry", job_id, "--max-cost-usd", "0", "--server", service.url)
+    assert refused.returncode == 2 and "max_cost_usd" in refused.stderr, refused.stderr
+    retried = synthserve("jobs", "retry", job_id, "--refresh", "--server", service.url)
+    assert retried.returncode == 0, retried.stderr
+    out = tmp_path / "again.jsonl"
+    assert synthserve("run", "--job", job_id, "-o", str(out), "--server", service.url).returncode == 0
+    got = read_jsonl(out)
+    # only the failed row called again (a plain retry would serve it the stored answer)
+    assert mock.stats()["requests"] - before == 1
+    assert [row["generation_parsed"] for row in got] == [{"name": "fig"}, {"name": "plum"}, {"name": "fig"}]
