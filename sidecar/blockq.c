@@ -69,13 +69,18 @@ static void bq_block_sums(const float *x, int64_t rows, int64_t k, float *xs) {
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 
-/* the 32 integers of block b of output o, as floats (lo: elements 0..15, hi: 16..31) */
+/* The 32 values of block b of output o (lo: elements 0..15, hi: 16..31). A Q4_1 block's
+ * are looked up in `table` (16 floats, indexed by the 4-bit value: vpermps reads only the
+ * low 4 bits of each index): the integers 0..15 themselves, or the block's weights rebuilt
+ * (q * d + m, 16 products instead of 32). A Q8_0 block's are its integers as floats. */
+static const float IOTA[16] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15};
+
 static inline __attribute__((always_inline)) void decode(int64_t kind, const uint8_t *qs, int64_t at,
-                                                         __m512 *lo, __m512 *hi) {
+                                                         __m512 table, __m512 *lo, __m512 *hi) {
     if (kind == BQ_Q4_1) {
         const __m512i wide = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(qs + at * 16)));
-        *lo = _mm512_cvtepi32_ps(_mm512_and_si512(wide, _mm512_set1_epi32(15)));
-        *hi = _mm512_cvtepi32_ps(_mm512_srli_epi32(wide, 4));
+        *lo = _mm512_permutexvar_ps(wide, table);
+        *hi = _mm512_permutexvar_ps(_mm512_srli_epi32(wide, 4), table);
     } else {
         const int8_t *q = (const int8_t *)qs + at * 32;
         *lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)q)));
@@ -93,21 +98,22 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
     const int64_t k = w->k, blocks = k / BQ_BLOCK;
     const int64_t kind = w->kind;
     const int rebuild = R >= 3;
+    const __m512 iota = _mm512_loadu_ps(IOTA);
     for (int64_t o = o0; o < o1; o++) {
         __m512 acc[CHUNK];
         for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
         for (int64_t b = 0; b < blocks; b++) {
             const int64_t at = o * blocks + b;
             __m512 lo, hi;
-            decode(kind, w->qs, at, &lo, &hi);
             const __m512 db = _mm512_set1_ps(half(w->d[at]));
-            if (rebuild) {
-                lo = _mm512_mul_ps(lo, db);
-                hi = _mm512_mul_ps(hi, db);
-                if (kind == BQ_Q4_1) {
-                    const __m512 mb = _mm512_set1_ps(half(w->m[at]));
-                    lo = _mm512_add_ps(lo, mb);
-                    hi = _mm512_add_ps(hi, mb);
+            if (rebuild && kind == BQ_Q4_1) { /* the block's 16 possible weights, then looked up */
+                const __m512 table = _mm512_add_ps(_mm512_mul_ps(iota, db), _mm512_set1_ps(half(w->m[at])));
+                decode(kind, w->qs, at, table, &lo, &hi);
+            } else {
+                decode(kind, w->qs, at, iota, &lo, &hi);
+                if (rebuild) {
+                    lo = _mm512_mul_ps(lo, db);
+                    hi = _mm512_mul_ps(hi, db);
                 }
             }
             for (int r = 0; r < R; r++) {
@@ -135,48 +141,60 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
     }
 }
 
-/* One or two rows, OUTS outputs at a time: one output alone is a single chain of
- * multiply-adds, each waiting on the one before (the weights of an attention projection
- * are only 18 blocks long, so little else overlaps it); OUTS chains side by side keep the
- * FMA units busy, and each block of x is loaded once for all of them. Every output's sums
- * are rows_kernel's, the same operations in the same order: the same numbers. */
+/* Several outputs at a time (four for one or two rows, two for more): one output alone is
+ * a chain of multiply-adds per row, each waiting on the one before (an attention
+ * projection's rows are only 18 blocks long, so little else overlaps it); chains of
+ * several outputs side by side keep the FMA units busy, and each block of x serves them all.
+ * Every output's operations, and their order, are rows_kernel's: the same numbers. */
 #define OUTS 4
-static inline __attribute__((always_inline)) void dots_kernel(const int R, const bq_weight *w, const float *x,
-                                                              const float *xs, int64_t o0, int64_t o1,
-                                                              float *y, int64_t ldy) {
+static inline __attribute__((always_inline)) void outs_kernel(const int R, const int NO, const bq_weight *w,
+                                                              const float *x, const float *xs, int64_t o0,
+                                                              int64_t o1, float *y, int64_t ldy) {
     const int64_t k = w->k, blocks = k / BQ_BLOCK;
     const int64_t kind = w->kind;
+    const int rebuild = R >= 3;
+    const __m512 iota = _mm512_loadu_ps(IOTA);
     int64_t o = o0;
-    for (; o + OUTS <= o1; o += OUTS) {
-        __m512 acc[OUTS][2];
-        for (int i = 0; i < OUTS; i++)
+    for (; o + NO <= o1; o += NO) {
+        __m512 acc[OUTS][CHUNK];
+        for (int i = 0; i < NO; i++)
             for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
         float scales[OUTS][16]; /* the next 16 blocks' scales as floats: 16 converted at once */
         for (int64_t b = 0; b < blocks; b++) {
             if (b % 16 == 0) {
                 const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
-                for (int i = 0; i < OUTS; i++)
+                for (int i = 0; i < NO; i++)
                     _mm512_storeu_ps(scales[i], _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, w->d + (o + i) * blocks + b)));
             }
-            __m512 xlo[2], xhi[2];
-            for (int r = 0; r < R; r++) {
-                xlo[r] = _mm512_loadu_ps(x + r * k + b * BQ_BLOCK);
-                xhi[r] = _mm512_loadu_ps(x + r * k + b * BQ_BLOCK + 16);
-            }
-            for (int i = 0; i < OUTS; i++) {
+            for (int i = 0; i < NO; i++) {
                 const int64_t at = (o + i) * blocks + b;
-                __m512 lo, hi;
-                decode(kind, w->qs, at, &lo, &hi);
                 const __m512 db = _mm512_set1_ps(scales[i][b % 16]);
+                __m512 lo, hi;
+                if (rebuild && kind == BQ_Q4_1) {
+                    const __m512 table = _mm512_add_ps(_mm512_mul_ps(iota, db), _mm512_set1_ps(half(w->m[at])));
+                    decode(kind, w->qs, at, table, &lo, &hi);
+                } else {
+                    decode(kind, w->qs, at, iota, &lo, &hi);
+                    if (rebuild) {
+                        lo = _mm512_mul_ps(lo, db);
+                        hi = _mm512_mul_ps(hi, db);
+                    }
+                }
                 for (int r = 0; r < R; r++) {
-                    __m512 t = _mm512_mul_ps(lo, xlo[r]);
-                    t = _mm512_fmadd_ps(hi, xhi[r], t);
-                    acc[i][r] = _mm512_fmadd_ps(db, t, acc[i][r]);
+                    const float *xb = x + r * k + b * BQ_BLOCK;
+                    if (rebuild) {
+                        acc[i][r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[i][r]);
+                        acc[i][r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), acc[i][r]);
+                    } else {
+                        __m512 t = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
+                        t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), t);
+                        acc[i][r] = _mm512_fmadd_ps(db, t, acc[i][r]);
+                    }
                 }
             }
         }
-        for (int i = 0; i < OUTS; i++) {
-            if (kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
+        for (int i = 0; i < NO; i++) {
+            if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
                 const uint16_t *m = w->m + (o + i) * blocks;
                 for (int64_t b = 0; b < blocks; b += 16) {
                     const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
@@ -303,18 +321,24 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
         float *yr = y + r * ldy;
         switch (rows - r >= CHUNK ? CHUNK : rows - r) {
 #ifdef HAVE_DOTS
-            case 1: dots_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
-            case 2: dots_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 1: outs_kernel(1, 4, w, xr, sr, o0, o1, yr, ldy); break;
+            case 2: outs_kernel(2, 4, w, xr, sr, o0, o1, yr, ldy); break;
+            case 3: outs_kernel(3, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 4: outs_kernel(4, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 5: outs_kernel(5, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 6: outs_kernel(6, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 7: outs_kernel(7, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            default: outs_kernel(8, 2, w, xr, sr, o0, o1, yr, ldy); break;
 #else
             case 1: rows_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
             case 2: rows_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
-#endif
             case 3: rows_kernel(3, w, xr, sr, o0, o1, yr, ldy); break;
             case 4: rows_kernel(4, w, xr, sr, o0, o1, yr, ldy); break;
             case 5: rows_kernel(5, w, xr, sr, o0, o1, yr, ldy); break;
             case 6: rows_kernel(6, w, xr, sr, o0, o1, yr, ldy); break;
             case 7: rows_kernel(7, w, xr, sr, o0, o1, yr, ldy); break;
             default: rows_kernel(8, w, xr, sr, o0, o1, yr, ldy); break;
+#endif
         }
     }
 }
