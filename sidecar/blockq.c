@@ -277,6 +277,57 @@ static inline __attribute__((always_inline)) void rows_kernel(const int R, const
     }
 }
 
+/* outs_kernel's AVX2 form: NO outputs side by side (four for one row, two for two to four
+ * rows; more rows keep rows_kernel, whose accumulators fill the 16 registers), each output's
+ * operations those of rows_kernel, in the same order. */
+static inline __attribute__((always_inline)) void outs_kernel(const int R, const int NO, const bq_weight *w,
+                                                              const float *x, const float *xs, int64_t o0,
+                                                              int64_t o1, float *y, int64_t ldy) {
+    const int64_t k = w->k, blocks = k / BQ_BLOCK;
+    const int64_t kind = w->kind;
+    const int rebuild = R >= 3;
+    int64_t o = o0;
+    for (; o + NO <= o1; o += NO) {
+        __m256 acc[4][4];
+        for (int i = 0; i < NO; i++)
+            for (int r = 0; r < R; r++) acc[i][r] = _mm256_setzero_ps();
+        for (int64_t b = 0; b < blocks; b++) {
+            for (int i = 0; i < NO; i++) {
+                const int64_t at = (o + i) * blocks + b;
+                __m256 v[4];
+                decode(kind, w->qs, at, v);
+                const __m256 db = _mm256_set1_ps(half(w->d[at]));
+                if (rebuild) {
+                    const __m256 mb = _mm256_set1_ps(kind == BQ_Q4_1 ? half(w->m[at]) : 0.0f);
+                    for (int j = 0; j < 4; j++) v[j] = _mm256_add_ps(_mm256_mul_ps(v[j], db), mb);
+                }
+                for (int r = 0; r < R; r++) {
+                    const float *xb = x + r * k + b * BQ_BLOCK;
+                    if (rebuild) {
+                        for (int j = 0; j < 4; j++) acc[i][r] = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(xb + 8 * j), acc[i][r]);
+                    } else {
+                        __m256 t = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
+                        for (int j = 1; j < 4; j++) t = _mm256_fmadd_ps(v[j], _mm256_loadu_ps(xb + 8 * j), t);
+                        acc[i][r] = _mm256_fmadd_ps(db, t, acc[i][r]);
+                    }
+                }
+            }
+        }
+        for (int i = 0; i < NO; i++)
+            for (int r = 0; r < R; r++) {
+                float total = sum8(acc[i][r]);
+                if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
+                    const uint16_t *m = w->m + (o + i) * blocks;
+                    const float *sb = xs + r * blocks;
+                    for (int64_t b = 0; b < blocks; b++) total += half(m[b]) * sb[b];
+                }
+                y[r * ldy + o + i] = total;
+            }
+    }
+    if (o < o1) rows_kernel(R, w, x, xs, o, o1, y, ldy);
+}
+#define HAVE_OUTS_AVX2 1
+
 #else
 
 static inline void rows_kernel(const int R, const bq_weight *w, const float *x, const float *xs, int64_t o0,
@@ -329,6 +380,15 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
             case 6: outs_kernel(6, 2, w, xr, sr, o0, o1, yr, ldy); break;
             case 7: outs_kernel(7, 2, w, xr, sr, o0, o1, yr, ldy); break;
             default: outs_kernel(8, 2, w, xr, sr, o0, o1, yr, ldy); break;
+#elif defined(HAVE_OUTS_AVX2)
+            case 1: outs_kernel(1, 4, w, xr, sr, o0, o1, yr, ldy); break;
+            case 2: outs_kernel(2, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 3: outs_kernel(3, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 4: outs_kernel(4, 2, w, xr, sr, o0, o1, yr, ldy); break;
+            case 5: rows_kernel(5, w, xr, sr, o0, o1, yr, ldy); break;
+            case 6: rows_kernel(6, w, xr, sr, o0, o1, yr, ldy); break;
+            case 7: rows_kernel(7, w, xr, sr, o0, o1, yr, ldy); break;
+            default: rows_kernel(8, w, xr, sr, o0, o1, yr, ldy); break;
 #else
             case 1: rows_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
             case 2: rows_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
