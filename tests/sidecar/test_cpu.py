@@ -134,3 +134,8 @@ def test_weights_not_block_quantized_keep_float32(tmp_path):
     q[..., 0], q[..., 1] = 0, 15  # as ggml quantizes: each block's min and max are its ends
     form = blockq.exact_form((q * 0.5 - 3).view(48, 64))  # q * d + m
     assert form.kind == "q4_1" and torch.equal(form.d.float(), torch.full((48, 2), 0.5))
+    assert form.d.dtype == form.m.dtype == torch.float16 and torch.equal(form.m.float(), torch.full((48, 2), -3.0))
+    # scales and offsets are kept as float16: an offset float16 cannot hold has no exact form
+    m = torch.tensor(-3.0001)
+    assert m.half().float() != m
+    assert blockq.exact_form((q * 0.5 + m).view(48, 64)) is None
