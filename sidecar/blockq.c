@@ -11,7 +11,8 @@
  * weight has at least `parallel_min` elements.
  *
  *   q4_1: w = q * d + m, q in 0..15 (two per byte: element j low nibble, j + 16 high)
- *   q8_0: w = q * d,     q in -127..127 */
+ *   q8_0: w = q * d,     q in -127..127
+ * d and m: one float16 per block, in arrays of their own (out, blocks). */
 #include <stdint.h>
 #include <stdlib.h>
 #ifdef _OPENMP
@@ -208,7 +209,7 @@ static inline __attribute__((always_inline)) void outs_kernel(const int R, const
     }
     if (o < o1) rows_kernel(R, w, x, xs, o, o1, y, ldy);
 }
-#define HAVE_DOTS 1
+#define HAVE_OUTS_AVX512 1
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
@@ -371,7 +372,7 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
         const float *xr = x + r * w->k, *sr = xs + r * blocks;
         float *yr = y + r * ldy;
         switch (rows - r >= CHUNK ? CHUNK : rows - r) {
-#ifdef HAVE_DOTS
+#ifdef HAVE_OUTS_AVX512
             case 1: outs_kernel(1, 4, w, xr, sr, o0, o1, yr, ldy); break;
             case 2: outs_kernel(2, 4, w, xr, sr, o0, o1, yr, ldy); break;
             case 3: outs_kernel(3, 2, w, xr, sr, o0, o1, yr, ldy); break;

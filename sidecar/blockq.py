@@ -1,8 +1,8 @@
 """Block-quantized weights for decode steps, where they are exact: a model converted from a
 GGUF holds weights that are de-quantized blocks (SmolLM2's file: Q4_1 linears, a Q8_0
-embedding that is also its LM head), so the same numbers fit in 4.5 or 8.5 bits per weight
+embedding that is also its LM head), so the same numbers fit in 5 or 8.5 bits per weight
 instead of 32. A decode step reads every weight once and is bound by memory bandwidth, so
-reading 1/7 (Q4_1) or 1/4 (Q8_0) of the bytes is what makes one sequence fast.
+reading about 1/6 (Q4_1) or 1/4 (Q8_0) of the bytes is what makes one sequence fast.
 
 A weight is taken in block form only when rebuilding every block gives back exactly the
 float32 weight the model holds (checked element by element); results then differ from a
