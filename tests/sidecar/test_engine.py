@@ -194,3 +194,32 @@ async def test_concurrent_embed_calls_are_batched(engine, monkeypatch):
     batched = await engine.embed(texts)
     for (single,), together in zip(singles, batched, strict=True):
         assert torch.nn.functional.cosine_similarity(torch.tensor(single), torch.tensor(together), dim=0) > 0.9999
+
+
+def test_loading_runs_no_torch_on_the_calling_thread():
+    """Engine.load sets the engine up on a thread that then ends. libgomp keeps a pool of
+    workers for every thread that starts parallel work; a pool left on the caller beside the
+    model thread's made libgomp count itself oversubscribed on 2 cores, and its workers slept
+    at every barrier of every decode step (15 ms a step instead of 10)."""
+    from torch.overrides import TorchFunctionMode
+
+    from sidecar.engine import Engine
+
+    class Seen(TorchFunctionMode):  # modes are per thread: only the caller's calls are seen
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):  # tensor work (torch.device and the like are not)
+                self.calls.append(getattr(func, "__name__", str(func)))
+            return out
+
+    with Seen() as seen:
+        engine = Engine.load(device="cpu")
+    try:
+        assert seen.calls == []
+        assert engine.submit("Hi", GREEDY).result(timeout=60).tokens  # and it works
+    finally:
+        engine.close()
