@@ -89,74 +89,23 @@ static inline __attribute__((always_inline)) void decode(int64_t kind, const uin
     }
 }
 
-/* R rows (a compile-time constant once inlined: the sums stay in registers). One or two
- * rows: d * sum(q x) per block, m * sum(x) added from the block sums. More: each block's
- * weights rebuilt once as the dense model holds them (q * d + m: a multiply, then an add)
- * and multiplied into every row, two products per row and block instead of three. */
-static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
-                                                              const float *xs, int64_t o0, int64_t o1,
-                                                              float *y, int64_t ldy) {
-    const int64_t k = w->k, blocks = k / BQ_BLOCK;
-    const int64_t kind = w->kind;
-    const int rebuild = R >= 3;
-    const __m512 iota = _mm512_loadu_ps(IOTA);
-    for (int64_t o = o0; o < o1; o++) {
-        __m512 acc[CHUNK];
-        for (int r = 0; r < R; r++) acc[r] = _mm512_setzero_ps();
-        for (int64_t b = 0; b < blocks; b++) {
-            const int64_t at = o * blocks + b;
-            __m512 lo, hi;
-            const __m512 db = _mm512_set1_ps(half(w->d[at]));
-            if (rebuild && kind == BQ_Q4_1) { /* the block's 16 possible weights, then looked up */
-                const __m512 table = _mm512_add_ps(_mm512_mul_ps(iota, db), _mm512_set1_ps(half(w->m[at])));
-                decode(kind, w->qs, at, table, &lo, &hi);
-            } else {
-                decode(kind, w->qs, at, iota, &lo, &hi);
-                if (rebuild) {
-                    lo = _mm512_mul_ps(lo, db);
-                    hi = _mm512_mul_ps(hi, db);
-                }
-            }
-            for (int r = 0; r < R; r++) {
-                const float *xb = x + r * k + b * BQ_BLOCK;
-                if (rebuild) {
-                    acc[r] = _mm512_fmadd_ps(lo, _mm512_loadu_ps(xb), acc[r]);
-                    acc[r] = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), acc[r]);
-                } else {
-                    __m512 t = _mm512_mul_ps(lo, _mm512_loadu_ps(xb));
-                    t = _mm512_fmadd_ps(hi, _mm512_loadu_ps(xb + 16), t);
-                    acc[r] = _mm512_fmadd_ps(db, t, acc[r]);
-                }
-            }
-        }
-        if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
-            const uint16_t *m = w->m + o * blocks;
-            for (int64_t b = 0; b < blocks; b += 16) {
-                const __mmask16 live = blocks - b >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (blocks - b)) - 1);
-                const __m512 mb = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(live, m + b));
-                for (int r = 0; r < R; r++)
-                    acc[r] = _mm512_fmadd_ps(mb, _mm512_maskz_loadu_ps(live, xs + r * blocks + b), acc[r]);
-            }
-        }
-        for (int r = 0; r < R; r++) y[r * ldy + o] = _mm512_reduce_add_ps(acc[r]);
-    }
-}
-
-/* Several outputs at a time (four for one or two rows, two for more): one output alone is
- * a chain of multiply-adds per row, each waiting on the one before (an attention
- * projection's rows are only 18 blocks long, so little else overlaps it); chains of
- * several outputs side by side keep the FMA units busy, and each block of x serves them all.
- * Every output's operations, and their order, are rows_kernel's: the same numbers. */
+/* Outputs [o, o + NO) against R rows (both compile-time constants once inlined: the sums
+ * stay in registers). One or two rows: d * sum(q x) per block, m * sum(x) added from the
+ * block sums. More: each block's weights rebuilt once as the dense model holds them (q * d
+ * + m: a multiply, then an add) and multiplied into every row, two products per row and
+ * block instead of three. NO outputs side by side: one alone is a chain of multiply-adds per
+ * row, each waiting on the one before (an attention projection's rows are only 18 blocks
+ * long, so little else overlaps it); several keep the FMA units busy, and each block of x
+ * serves them all. Each output's operations and their order do not depend on NO. */
 #define OUTS 4
-static inline __attribute__((always_inline)) void outs_kernel(const int R, const int NO, const bq_weight *w,
-                                                              const float *x, const float *xs, int64_t o0,
-                                                              int64_t o1, float *y, int64_t ldy) {
+static inline __attribute__((always_inline)) void outputs(const int R, const int NO, const bq_weight *w,
+                                                          const float *x, const float *xs, int64_t o, float *y,
+                                                          int64_t ldy) {
     const int64_t k = w->k, blocks = k / BQ_BLOCK;
     const int64_t kind = w->kind;
     const int rebuild = R >= 3;
     const __m512 iota = _mm512_loadu_ps(IOTA);
-    int64_t o = o0;
-    for (; o + NO <= o1; o += NO) {
+    {
         __m512 acc[OUTS][CHUNK];
         for (int i = 0; i < NO; i++)
             for (int r = 0; r < R; r++) acc[i][r] = _mm512_setzero_ps();
@@ -207,9 +156,16 @@ static inline __attribute__((always_inline)) void outs_kernel(const int R, const
             for (int r = 0; r < R; r++) y[r * ldy + o + i] = _mm512_reduce_add_ps(acc[i][r]);
         }
     }
-    if (o < o1) rows_kernel(R, w, x, xs, o, o1, y, ldy);
 }
-#define HAVE_OUTS_AVX512 1
+
+static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
+                                                              const float *xs, int64_t o0, int64_t o1,
+                                                              float *y, int64_t ldy) {
+    const int NO = R <= 2 ? 4 : 2;
+    int64_t o = o0;
+    for (; o + NO <= o1; o += NO) outputs(R, NO, w, x, xs, o, y, ldy);
+    for (; o < o1; o++) outputs(R, 1, w, x, xs, o, y, ldy);
+}
 
 #elif defined(__AVX2__) && defined(__FMA__)
 
@@ -237,59 +193,15 @@ static inline float sum8(__m256 v) {
     return _mm_cvtss_f32(s);
 }
 
-static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
-                                                              const float *xs, int64_t o0, int64_t o1,
-                                                              float *y, int64_t ldy) {
+/* outputs() as above, in 8-wide vectors: a block is four of them. */
+static inline __attribute__((always_inline)) void outputs(const int R, const int NO, const bq_weight *w,
+                                                          const float *x, const float *xs, int64_t o, float *y,
+                                                          int64_t ldy) {
     const int64_t k = w->k, blocks = k / BQ_BLOCK;
     const int64_t kind = w->kind;
     const int rebuild = R >= 3;
-    for (int64_t o = o0; o < o1; o++) {
-        __m256 acc[CHUNK];
-        for (int r = 0; r < R; r++) acc[r] = _mm256_setzero_ps();
-        for (int64_t b = 0; b < blocks; b++) {
-            const int64_t at = o * blocks + b;
-            __m256 v[4];
-            decode(kind, w->qs, at, v);
-            const __m256 db = _mm256_set1_ps(half(w->d[at]));
-            if (rebuild) {
-                const __m256 mb = _mm256_set1_ps(kind == BQ_Q4_1 ? half(w->m[at]) : 0.0f);
-                for (int i = 0; i < 4; i++) v[i] = _mm256_add_ps(_mm256_mul_ps(v[i], db), mb);
-            }
-            for (int r = 0; r < R; r++) {
-                const float *xb = x + r * k + b * BQ_BLOCK;
-                if (rebuild) {
-                    for (int i = 0; i < 4; i++) acc[r] = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xb + 8 * i), acc[r]);
-                } else {
-                    __m256 t = _mm256_mul_ps(v[0], _mm256_loadu_ps(xb));
-                    for (int i = 1; i < 4; i++) t = _mm256_fmadd_ps(v[i], _mm256_loadu_ps(xb + 8 * i), t);
-                    acc[r] = _mm256_fmadd_ps(db, t, acc[r]);
-                }
-            }
-        }
-        for (int r = 0; r < R; r++) {
-            float total = sum8(acc[r]);
-            if (!rebuild && kind == BQ_Q4_1) { /* + sum_b m_b * xs_b */
-                const uint16_t *m = w->m + o * blocks;
-                const float *s = xs + r * blocks;
-                for (int64_t b = 0; b < blocks; b++) total += half(m[b]) * s[b];
-            }
-            y[r * ldy + o] = total;
-        }
-    }
-}
-
-/* outs_kernel's AVX2 form: NO outputs side by side (four for one row, two for two to four
- * rows; more rows keep rows_kernel, whose accumulators fill the 16 registers), each output's
- * operations those of rows_kernel, in the same order. */
-static inline __attribute__((always_inline)) void outs_kernel(const int R, const int NO, const bq_weight *w,
-                                                              const float *x, const float *xs, int64_t o0,
-                                                              int64_t o1, float *y, int64_t ldy) {
-    const int64_t k = w->k, blocks = k / BQ_BLOCK;
-    const int64_t kind = w->kind;
-    const int rebuild = R >= 3;
-    int64_t o = o0;
-    for (; o + NO <= o1; o += NO) {
-        __m256 acc[4][4];
+    {
+        __m256 acc[4][CHUNK];
         for (int i = 0; i < NO; i++)
             for (int r = 0; r < R; r++) acc[i][r] = _mm256_setzero_ps();
         for (int64_t b = 0; b < blocks; b++) {
@@ -325,9 +237,18 @@ static inline __attribute__((always_inline)) void outs_kernel(const int R, const
                 y[r * ldy + o + i] = total;
             }
     }
-    if (o < o1) rows_kernel(R, w, x, xs, o, o1, y, ldy);
 }
-#define HAVE_OUTS_AVX2 1
+
+/* four outputs side by side for one row, two for two to four rows, one for more: their
+ * accumulators would not fit the 16 registers */
+static inline __attribute__((always_inline)) void rows_kernel(const int R, const bq_weight *w, const float *x,
+                                                              const float *xs, int64_t o0, int64_t o1,
+                                                              float *y, int64_t ldy) {
+    const int NO = R == 1 ? 4 : R <= 4 ? 2 : 1;
+    int64_t o = o0;
+    for (; o + NO <= o1; o += NO) outputs(R, NO, w, x, xs, o, y, ldy);
+    for (; o < o1; o++) outputs(R, 1, w, x, xs, o, y, ldy);
+}
 
 #else
 
@@ -372,25 +293,6 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
         const float *xr = x + r * w->k, *sr = xs + r * blocks;
         float *yr = y + r * ldy;
         switch (rows - r >= CHUNK ? CHUNK : rows - r) {
-#ifdef HAVE_OUTS_AVX512
-            case 1: outs_kernel(1, 4, w, xr, sr, o0, o1, yr, ldy); break;
-            case 2: outs_kernel(2, 4, w, xr, sr, o0, o1, yr, ldy); break;
-            case 3: outs_kernel(3, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 4: outs_kernel(4, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 5: outs_kernel(5, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 6: outs_kernel(6, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 7: outs_kernel(7, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            default: outs_kernel(8, 2, w, xr, sr, o0, o1, yr, ldy); break;
-#elif defined(HAVE_OUTS_AVX2)
-            case 1: outs_kernel(1, 4, w, xr, sr, o0, o1, yr, ldy); break;
-            case 2: outs_kernel(2, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 3: outs_kernel(3, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 4: outs_kernel(4, 2, w, xr, sr, o0, o1, yr, ldy); break;
-            case 5: rows_kernel(5, w, xr, sr, o0, o1, yr, ldy); break;
-            case 6: rows_kernel(6, w, xr, sr, o0, o1, yr, ldy); break;
-            case 7: rows_kernel(7, w, xr, sr, o0, o1, yr, ldy); break;
-            default: rows_kernel(8, w, xr, sr, o0, o1, yr, ldy); break;
-#else
             case 1: rows_kernel(1, w, xr, sr, o0, o1, yr, ldy); break;
             case 2: rows_kernel(2, w, xr, sr, o0, o1, yr, ldy); break;
             case 3: rows_kernel(3, w, xr, sr, o0, o1, yr, ldy); break;
@@ -399,7 +301,6 @@ static void bq_range(const bq_weight *w, const float *x, int64_t rows, const flo
             case 6: rows_kernel(6, w, xr, sr, o0, o1, yr, ldy); break;
             case 7: rows_kernel(7, w, xr, sr, o0, o1, yr, ldy); break;
             default: rows_kernel(8, w, xr, sr, o0, o1, yr, ldy); break;
-#endif
         }
     }
 }
